@@ -1,0 +1,204 @@
+"""Model and tokenizer loading through the real ``from_pretrained``, and the bounded session cache.
+
+A model is loaded once per (source, technique load signature, dtype, device); reference logits are
+computed once per (prompts, reference, dtype, device). At most ``max_models`` models stay resident:
+the least recently used one is dropped and device memory is released.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_infer.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ModelLoadError(RuntimeError):
+    """Loading failed for a reason the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from and what loading it may do."""
+
+    name_or_path: str
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.name_or_path).is_dir()
+
+    @property
+    def label(self) -> str:
+        return Path(self.name_or_path).name if self.is_local else self.name_or_path
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> the best device present; ``cuda`` -> ``cuda:0``; others unchanged."""
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return "cuda:0"
+        if hasattr(torch, "xpu") and torch.xpu.is_available():
+            return "xpu:0"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if spec in ("cuda", "xpu"):
+        return f"{spec}:0"
+    return spec
+
+
+def device_kind(device: str) -> str:
+    return device.split(":")[0]
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source.name_or_path, trust_remote_code=source.trust_remote_code)
+    except Exception as exc:  # transformers raises OSError/ValueError with long texts; keep the first line
+        raise ModelLoadError(
+            f"could not load a tokenizer for {source.name_or_path}: {str(exc).splitlines()[0]}"
+        ) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(source: ModelSource, technique: Technique, dtype: str, device: str) -> Any:
+    """Load ``source`` with ``technique`` applied, in ``dtype`` on ``device``, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if technique.setup is not None:
+        technique.setup()
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "trust_remote_code": source.trust_remote_code,
+        "use_safetensors": None if source.allow_pickle else True,
+    }
+    kwargs.update(technique.load_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "trust_remote_code" in str(exc) and not source.trust_remote_code:
+            text += " -- this model needs its own code: pass --infer-trust-remote-code if you trust it"
+        raise ModelLoadError(f"loading {source.label} with {technique.name} ({dtype}) failed: {text}") from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    effective = getattr(model.config, "_attn_implementation", None)
+    if technique.effective_attention is not None and effective not in technique.effective_attention:
+        raise ModelLoadError(
+            f"{technique.name}: requested attention {sorted(technique.effective_attention)} but the model runs "
+            f"{effective!r} (Transformers fell back silently)"
+        )
+    if technique.prepare is not None:
+        model = technique.prepare(model)
+    return model
+
+
+@dataclass
+class Batch:
+    """A tokenized prompt batch (left padded) on a device."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompts: tuple[str, ...]
+
+
+def encode(tokenizer: Any, prompts: Sequence[str], device: str) -> Batch:
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    return Batch(enc["input_ids"].to(device), enc["attention_mask"].to(device), tuple(prompts))
+
+
+def forward_logits(model: Any, batch: Batch, technique: Technique) -> torch.Tensor:
+    """Logits ``[batch, seq, vocab]`` (float32, on the batch's device) for every position.
+
+    Techniques whose kernels take no padding mask run each prompt alone; their logits are placed at
+    the same (left-padded) positions so the result lines up with a padded reference.
+    """
+    import torch
+
+    with torch.inference_mode(), technique.active():
+        if technique.padded_batches:
+            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        out: torch.Tensor | None = None
+        seq = batch.input_ids.shape[1]
+        for b in range(batch.input_ids.shape[0]):
+            real = batch.attention_mask[b].bool()
+            ids = batch.input_ids[b, real].unsqueeze(0)
+            logits = model(input_ids=ids).logits.float()
+            if out is None:
+                out = torch.zeros(batch.input_ids.shape[0], seq, logits.shape[-1], device=logits.device)
+            out[b, real] = logits[0]
+        assert out is not None
+        return out
+
+
+class ModelCache:
+    """Least-recently-used store of loaded models and computed reference tensors, bounded in count."""
+
+    def __init__(self, max_models: int) -> None:
+        self.max_models = max_models
+        self._models: OrderedDict[Hashable, Any] = OrderedDict()
+        self._tensors: dict[Hashable, Any] = {}
+        self.loads = 0
+        self.evictions = 0
+
+    def model(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        while len(self._models) >= self.max_models:
+            self._evict()
+        model = factory()
+        self.loads += 1
+        self._models[key] = model
+        return model
+
+    def tensor(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+        if key not in self._tensors:
+            self._tensors[key] = factory()
+        return self._tensors[key]
+
+    def _evict(self) -> None:
+        _, model = self._models.popitem(last=False)
+        self.evictions += 1
+        del model
+        release_memory()
+
+    def clear(self) -> None:
+        self._models.clear()
+        self._tensors.clear()
+        release_memory()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def release_memory() -> None:
+    gc.collect()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,57 @@
+"""Wiring only: options and their ini twins, markers, hooks, the session object, collection of suites.
+
+Loading this module imports neither torch nor transformers; the session object imports them when a
+fixture or a bundled suite first needs them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_infer import config as infer_config
+from pytest_infer.session import SESSION_KEY, InferSession
+
+MARKERS = (
+    "infer_tolerance(**bounds): override logit-parity bounds for this test "
+    "(max_abs, mean_abs, max_kl, mean_kl, min_cosine, min_top1, tie_margin)",
+    "infer_techniques(*names): run this test only for these techniques, families or stacks",
+)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_infer import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("infer", "pytest-infer: parity, speed and memory of Transformers inference techniques")
+    for opt in infer_config.OPTIONS:
+        if opt.kind == "bool":
+            group.addoption(opt.flag, action="store_true", default=None, dest="infer_" + opt.name, help=opt.help)
+        elif opt.kind == "list":
+            group.addoption(
+                opt.flag, action="append", default=None, dest="infer_" + opt.name, metavar=opt.metavar, help=opt.help
+            )
+        else:
+            group.addoption(opt.flag, default=None, dest="infer_" + opt.name, metavar=opt.metavar, help=opt.help)
+        parser.addini(opt.ini, help=f"default for {opt.flag}: {opt.help}", type="string", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    session = InferSession.from_pytest_config(config)  # raises pytest.UsageError on bad values
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(session, "infer_session")
+    from pytest_infer import fixtures
+
+    config.pluginmanager.register(fixtures, "infer_fixtures")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+        config.pluginmanager.unregister(session)
+        del config.stash[SESSION_KEY]

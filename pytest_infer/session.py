@@ -1,0 +1,270 @@
+"""The per-run session object: resolved config, registry, stack, caches, results; its methods are hooks.
+
+Registered by ``plugin.pytest_configure`` as ``infer_session`` and kept in ``config.stash``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_infer import config as infer_config
+from pytest_infer.technique import Registry, Technique, TechniqueError, Tolerance, parse_tolerance_spec
+
+if TYPE_CHECKING:
+    from pytest_infer.models import ModelCache, ModelSource
+    from pytest_infer.stack import Stack
+
+SESSION_KEY = pytest.StashKey["InferSession"]()
+CASE_ARGS = ("infer_case",)  # parametrized over every selected technique
+FAMILY_ARG_SUFFIX = "_technique"  # e.g. attention_technique: the attention family only
+SUITE_FILES = {"parity": "test_parity.py", "generation": "test_generation.py", "perf": "test_performance.py"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parametrized test case: a technique on a device in a dtype."""
+
+    technique: Technique
+    device: str
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.device.replace(':', '')}-{self.dtype}-{self.technique.name}"
+
+    def __repr__(self) -> str:
+        return f"Case({self.id})"
+
+
+class InferSession:
+    def __init__(self, pytest_config: pytest.Config, cfg: infer_config.InferConfig, registry: Registry) -> None:
+        self.pytest_config = pytest_config
+        self.config = cfg
+        self.registry = registry
+        self.results: list[dict[str, Any]] = []
+        self._cache: ModelCache | None = None
+        self._active = bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(
+            s != "default" for s in cfg.sources.values()
+        )
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pytest_config(cls, config: pytest.Config) -> InferSession:
+        def cli(name: str) -> Any:
+            return config.getoption("infer_" + name, None)
+
+        def ini(name: str) -> Any:
+            return config.getini(name)
+
+        try:
+            values, sources = infer_config.resolve_raw(cli, ini)
+            cfg = infer_config.build(values, sources, Path(str(config.rootpath)))
+            registry = Registry(_builtin())
+            config.hook.pytest_infer_register_techniques(registry=registry)
+            techniques = registry.select(cfg.techniques)
+            registry.get(cfg.reference)
+            for spec in cfg.tolerance:
+                name, _, _ = parse_tolerance_spec(spec)
+                if name is not None:
+                    registry.get(name)
+            if cfg.prompts:
+                _read_prompts(cfg.prompts)
+            for device in cfg.devices:
+                if device not in ("auto", "cpu"):
+                    from pytest_infer.stack import validate_device
+
+                    problem = validate_device(device)
+                    if problem:
+                        raise infer_config.ConfigError(f"--infer-device {device}: {problem}")
+        except (infer_config.ConfigError, TechniqueError) as exc:
+            raise pytest.UsageError(f"pytest-infer: {exc}") from None
+        session = cls(config, cfg, registry)
+        session.selected = techniques
+        session._add_suites()
+        return session
+
+    def _add_suites(self) -> None:
+        if not self.config.suites:
+            return
+        from pytest_infer.resources import suites_dir
+
+        files = [str(suites_dir() / SUITE_FILES[s]) for s in self.config.suites]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise pytest.UsageError(f"pytest-infer: bundled suite file(s) missing from the install: {', '.join(missing)}")
+        args = self.pytest_config.args
+        if self.pytest_config.args_source != pytest.Config.ArgsSource.ARGS:
+            args[:] = []  # `pytest --infer-suite parity` runs the suite, not the whole test tree
+        args.extend(f for f in files if f not in args)
+
+    # --- lazily built state --------------------------------------------------------------------
+    @functools.cached_property
+    def devices(self) -> tuple[str, ...]:
+        from pytest_infer.models import resolve_device
+
+        return tuple(dict.fromkeys(resolve_device(d) for d in self.config.devices))
+
+    @functools.cached_property
+    def stack(self) -> Stack:
+        from pytest_infer.stack import detect_stack
+
+        return detect_stack(self.devices[0] if self.devices else "auto")
+
+    def stack_for(self, device: str) -> Stack:
+        return self.stack.for_device(device)
+
+    @property
+    def cache(self) -> ModelCache:
+        if self._cache is None:
+            from pytest_infer.models import ModelCache
+
+            self._cache = ModelCache(self.config.max_models)
+        return self._cache
+
+    @functools.cached_property
+    def source(self) -> ModelSource:
+        from pytest_infer.models import ModelSource
+
+        return ModelSource(self.config.model, self.config.trust_remote_code, self.config.allow_pickle)
+
+    @functools.cached_property
+    def prompts(self) -> tuple[str, ...]:
+        from pytest_infer.resources import default_prompts_file
+
+        return _read_prompts(self.config.prompts or str(default_prompts_file()))
+
+    @functools.cached_property
+    def reference(self) -> Technique:
+        return self.registry.get(self.config.reference)
+
+    def cases(self, family: str | None = None) -> list[Case]:
+        techniques = [t for t in self.selected if family is None or t.family == family or family in _families(t, self.registry)]
+        return [Case(t, d, dt) for d in self.devices for dt in self.config.dtypes for t in techniques]
+
+    def tolerance(self, case: Case, marker_bounds: dict[str, float | None] | None = None) -> Tolerance:
+        from pytest_infer.tolerances import default_tolerance
+
+        tol = default_tolerance(case.dtype, case.device)
+        for comp in case.technique.components:
+            if comp in self.registry and case.dtype in self.registry.get(comp).tolerances:
+                tol = tol.looser(self.registry.get(comp).tolerances[case.dtype])
+        if case.dtype in case.technique.tolerances:
+            tol = case.technique.tolerances[case.dtype]
+        for spec in self.config.tolerance:
+            name, dtype, values = parse_tolerance_spec(spec)
+            if name in (None, case.technique.name) and dtype in (None, case.dtype):
+                tol = tol.replace(**values)
+        hooked = self.pytest_config.hook.pytest_infer_tolerance(
+            technique=case.technique, dtype=case.dtype, device=case.device, default=tol
+        )
+        if hooked is not None:
+            if not isinstance(hooked, Tolerance):
+                raise TypeError(
+                    f"pytest_infer_tolerance must return a pytest_infer.Tolerance or None, got {type(hooked).__name__}"
+                )
+            tol = hooked
+        if marker_bounds:
+            tol = tol.replace(**marker_bounds)
+        return tol
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
+        if not self._active:
+            return None
+        lines = [self.stack.header_line()]
+        source = "embedded tiny model" if self.config.model_is_embedded else self.config.model
+        lines.append(
+            f"infer: model {source} | devices {','.join(self.devices)} | dtypes {','.join(self.config.dtypes)} | "
+            f"{len(self.selected)} techniques | reference {self.config.reference} ({self.config.reference_dtype})"
+        )
+        return lines
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        for argname in metafunc.fixturenames:
+            if argname in CASE_ARGS:
+                family = None
+            elif argname.endswith(FAMILY_ARG_SUFFIX) and argname.removesuffix(FAMILY_ARG_SUFFIX) in _all_families():
+                family = argname.removesuffix(FAMILY_ARG_SUFFIX)
+            else:
+                continue
+            cases = self.cases(family)
+            marker = metafunc.definition.get_closest_marker("infer_techniques")
+            if marker is not None:
+                allowed = {t.name for t in self.registry.select(marker.args)}
+                cases = [c for c in cases if c.technique.name in allowed]
+            params = [pytest.param(c, id=c.id, marks=self._marks(c)) for c in cases]
+            if not params:
+                params = [pytest.param(None, id="none", marks=pytest.mark.skip(reason=f"no {family or ''} technique selected".replace("  ", " ")))]
+            metafunc.parametrize(argname, params)
+            return
+
+    def _marks(self, case: Case) -> list[pytest.MarkDecorator]:
+        reason = case.technique.skip_reason(self.stack_for(case.device), case.dtype)
+        if reason is None:
+            return []
+        reason = f"{case.technique.name}: {reason}"
+        if self.config.strict:
+            return [pytest.mark.infer_unsupported(reason=reason)]
+        return [pytest.mark.skip(reason=reason)]
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        marker = item.get_closest_marker("infer_unsupported")
+        if marker is not None:
+            pytest.fail(f"--infer-strict: {marker.kwargs['reason']}", pytrace=False)
+
+    def record(self, result: dict[str, Any]) -> None:
+        self.results.append(result)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.results:
+            return
+        terminalreporter.section("pytest-infer")
+        for r in self.results:
+            verdict = "PASS" if r.get("passed") else "FAIL"
+            metrics = r.get("metrics", {})
+            key = f"max_abs {metrics.get('max_abs', float('nan')):.3g}  KL {metrics.get('max_kl', float('nan')):.2g}"
+            terminalreporter.write_line(f"{verdict:4} {r['kind']:<13} {r['device']:<7} {r['dtype']:<9} {r['technique']:<24} {key}")
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+
+
+def _explicitly_loaded(config: pytest.Config) -> bool:
+    return "pytest_infer" in (getattr(config.option, "plugins", None) or [])
+
+
+@functools.lru_cache(maxsize=1)
+def _all_families() -> frozenset[str]:
+    from pytest_infer.technique import FAMILIES
+
+    return frozenset(FAMILIES)
+
+
+def _families(technique: Technique, registry: Registry) -> set[str]:
+    return {registry.get(c).family for c in technique.components if c in registry}
+
+
+def _builtin() -> list[Technique]:
+    from pytest_infer.techniques import builtin_techniques
+
+    return builtin_techniques()
+
+
+def _read_prompts(path: str) -> tuple[str, ...]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise infer_config.ConfigError(f"--infer-prompts {path}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise infer_config.ConfigError(f"--infer-prompts {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    if not prompts:
+        raise infer_config.ConfigError(f"--infer-prompts {path}: no prompts (one prompt per line, '#' starts a comment)")
+    return prompts

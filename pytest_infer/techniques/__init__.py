@@ -1,0 +1,11 @@
+"""Built-in techniques, one module per family. Each module's ``builtin()`` lists its variants."""
+
+from __future__ import annotations
+
+from pytest_infer.technique import Technique
+
+
+def builtin_techniques() -> list[Technique]:
+    from pytest_infer.techniques import attention
+
+    return [*attention.builtin()]

@@ -1,0 +1,196 @@
+"""Attention backends: ``attn_implementation=`` in ``from_pretrained``, and SDPA backend pinning.
+
+Each built-in states what it sets and what it needs; :func:`attention_function_technique` turns any
+attention function into a technique registered through Transformers' ``AttentionInterface``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from pytest_infer.stack import Requirements, Stack
+from pytest_infer.technique import Technique
+
+HALF = ("float16", "bfloat16")
+
+
+def _sdpa_backend(name: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    def context() -> contextlib.AbstractContextManager[Any]:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, name)])
+
+    return context
+
+
+def _half_only_on(kind: str, what: str) -> Callable[[str, str], str | None]:
+    def check(device_kind: str, dtype: str) -> str | None:
+        if device_kind == kind and dtype not in HALF:
+            return f"{what} runs float16/bfloat16 only on {kind}, not {dtype}"
+        return None
+
+    return check
+
+
+def _half_only(what: str) -> Callable[[str, str], str | None]:
+    def check(device_kind: str, dtype: str) -> str | None:
+        return None if dtype in HALF else f"{what} runs float16/bfloat16 only, not {dtype}"
+
+    return check
+
+
+def _cuda_capability(minimum: tuple[int, int], what: str) -> Callable[[Stack], str | None]:
+    def check(stack: Stack) -> str | None:
+        if stack.device_kind != "cuda" or stack.compute_capability is None:
+            return None
+        if tuple(stack.compute_capability) < minimum:
+            found = ".".join(map(str, stack.compute_capability))
+            return f"{what} needs compute capability >= {minimum[0]}.{minimum[1]}, found {found}"
+        return None
+
+    return check
+
+
+def _attn(name: str, impl: str, description: str, **kw: Any) -> Technique:
+    kw.setdefault("effective_attention", frozenset({impl}))
+    return Technique(
+        name=name,
+        family="attention",
+        description=description,
+        load_kwargs={"attn_implementation": impl},
+        **kw,
+    )
+
+
+def builtin() -> list[Technique]:
+    cuda_only = frozenset({"cuda"})
+    return [
+        _attn("eager", "eager", "plain PyTorch attention (matmul + softmax): the reference"),
+        _attn("sdpa", "sdpa", "torch.nn.functional.scaled_dot_product_attention, backend chosen by torch"),
+        _attn(
+            "sdpa_math",
+            "sdpa",
+            "SDPA pinned to the math backend (sdpa_kernel(SDPBackend.MATH))",
+            context=_sdpa_backend("MATH"),
+        ),
+        _attn(
+            "sdpa_flash",
+            "sdpa",
+            "SDPA pinned to the FlashAttention-2 backend (no attention mask: prompts run unpadded)",
+            context=_sdpa_backend("FLASH_ATTENTION"),
+            requirements=Requirements(
+                device_kinds=frozenset({"cpu", "cuda"}),
+                custom=(_cuda_capability((8, 0), "the SDPA flash backend"),),
+            ),
+            dtype_check=_half_only_on("cuda", "the SDPA flash backend"),
+            padded_batches=False,
+        ),
+        _attn(
+            "sdpa_efficient",
+            "sdpa",
+            "SDPA pinned to the memory-efficient backend",
+            context=_sdpa_backend("EFFICIENT_ATTENTION"),
+            requirements=Requirements(device_kinds=cuda_only),
+        ),
+        _attn(
+            "sdpa_cudnn",
+            "sdpa",
+            "SDPA pinned to the cuDNN backend (prompts run unpadded)",
+            context=_sdpa_backend("CUDNN_ATTENTION"),
+            requirements=Requirements(
+                device_kinds=cuda_only, custom=(_cuda_capability((8, 0), "the SDPA cuDNN backend"),)
+            ),
+            dtype_check=_half_only("the SDPA cuDNN backend"),
+            padded_batches=False,
+        ),
+        _attn(
+            "flex_attention",
+            "flex_attention",
+            "torch.nn.attention.flex_attention (compiled by torch on first use)",
+            requirements=Requirements(packages=(("torch", ">=2.5"),)),
+        ),
+        _attn(
+            "paged|sdpa",
+            "paged|sdpa",
+            "paged attention over SDPA, for continuous batching (generate_batch)",
+            runner="generate_batch",
+            effective_attention=frozenset({"paged|sdpa", "sdpa"}),
+        ),
+        _attn(
+            "paged|eager",
+            "paged|eager",
+            "paged attention over eager, for continuous batching (generate_batch)",
+            runner="generate_batch",
+        ),
+        _attn(
+            "flash_attention_2",
+            "flash_attention_2",
+            "FlashAttention-2 from the flash-attn package",
+            requirements=Requirements(
+                device_kinds=cuda_only,
+                packages=(("flash-attn", ">=2.3.3"),),
+                custom=(_cuda_capability((8, 0), "flash_attention_2"),),
+            ),
+            dtype_check=_half_only("flash_attention_2"),
+        ),
+        _attn(
+            "flash_attention_3",
+            "flash_attention_3",
+            "FlashAttention-3 (Hopper) from the flash-attn-3 package",
+            requirements=Requirements(
+                device_kinds=cuda_only,
+                packages=(("flash-attn-3", ""),),
+                custom=(_cuda_capability((9, 0), "flash_attention_3"),),
+            ),
+            dtype_check=_half_only("flash_attention_3"),
+        ),
+        _attn(
+            "flash_attention_4",
+            "flash_attention_4",
+            "FlashAttention-4 (CuTe DSL; Hopper and Blackwell) from the flash-attn-4 package",
+            requirements=Requirements(
+                device_kinds=cuda_only,
+                packages=(("flash-attn-4", ""),),
+                custom=(_cuda_capability((9, 0), "flash_attention_4"),),
+            ),
+            dtype_check=_half_only("flash_attention_4"),
+        ),
+    ]
+
+
+def attention_function_technique(
+    name: str,
+    function: Callable[..., Any],
+    *,
+    description: str = "",
+    requirements: Requirements | None = None,
+    **kwargs: Any,
+) -> Technique:
+    """A technique for an attention function registered through Transformers' ``AttentionInterface``.
+
+    ``function`` has the signature of ``transformers.integrations.sdpa_attention.sdpa_attention_forward``:
+    ``(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs) -> (out, weights)``.
+
+    Example (in a model repository's conftest.py)::
+
+        def pytest_infer_register_techniques(registry):
+            registry.add(attention_function_technique("my_attention", my_attention_forward))
+    """
+
+    def setup() -> None:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(name, function)
+
+    return Technique(
+        name=name,
+        family="attention",
+        description=description or f"attention function {getattr(function, '__qualname__', function)!r}",
+        load_kwargs={"attn_implementation": name},
+        requirements=requirements or Requirements(),
+        setup=setup,
+        effective_attention=frozenset({name}),
+        **kwargs,
+    )
