@@ -2,6 +2,8 @@
 
 Loading this module imports neither torch nor transformers; the session object imports them when a
 fixture or a bundled suite first needs them.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ MARKERS = (
     "infer_tolerance(**bounds): override logit-parity bounds for this test "
     "(max_abs, mean_abs, max_kl, mean_kl, min_cosine, min_top1, tie_margin)",
     "infer_techniques(*names): run this test only for these techniques, families or stacks",
+    "infer_unsupported(reason): set by pytest-infer under --infer-strict on cases this stack cannot run",
 )
 
 

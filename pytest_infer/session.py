@@ -5,7 +5,9 @@ Registered by ``plugin.pytest_configure`` as ``infer_session`` and kept in ``con
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,7 @@ class InferSession:
         self.registry = registry
         self.results: list[dict[str, Any]] = []
         self._cache: ModelCache | None = None
+        self.suite_files: set[Path] = set()
         self._active = bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(
             s != "default" for s in cfg.sources.values()
         )
@@ -86,21 +89,47 @@ class InferSession:
         session = cls(config, cfg, registry)
         session.selected = techniques
         session._add_suites()
+        if session._active:
+            session._use_cache_dir()
         return session
 
+    def _use_cache_dir(self) -> None:
+        """Point torch's compile caches at the cache directory (reused within and across sessions),
+        unless the user has set them; torch reads these when it first compiles."""
+        root = Path(self.config.cache_dir)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+        os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+
     def _add_suites(self) -> None:
+        """Collect the selected bundled suites: their folder becomes a collection argument (so node ids read
+        ``test_parity.py::test_logit_parity[...]``) and the unselected files in it are ignored."""
         if not self.config.suites:
             return
         from pytest_infer.resources import suites_dir
 
-        files = [str(suites_dir() / SUITE_FILES[s]) for s in self.config.suites]
-        missing = [f for f in files if not Path(f).is_file()]
+        folder = suites_dir()
+        self.suite_files = {folder / SUITE_FILES[s] for s in self.config.suites}
+        missing = [str(f) for f in self.suite_files if not f.is_file()]
         if missing:
             raise pytest.UsageError(f"pytest-infer: bundled suite file(s) missing from the install: {', '.join(missing)}")
         args = self.pytest_config.args
         if self.pytest_config.args_source != pytest.Config.ArgsSource.ARGS:
             args[:] = []  # `pytest --infer-suite parity` runs the suite, not the whole test tree
-        args.extend(f for f in files if f not in args)
+        if str(folder) not in args:
+            args.append(str(folder))
+
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        if self.suite_files and collection_path.parent == suites_dir_cached() and collection_path.suffix == ".py":
+            return collection_path.name != "__init__.py" and collection_path not in self.suite_files
+        return None
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        # The suites are collected even where the project's python_files pattern would not match them.
+        if file_path in self.suite_files:
+            patterns = parent.config.getini("python_files")
+            if not any(fnmatch.fnmatch(file_path.name, p) for p in patterns):
+                return pytest.Module.from_parent(parent, path=file_path)
+        return None
 
     # --- lazily built state --------------------------------------------------------------------
     @functools.cached_property
@@ -212,10 +241,13 @@ class InferSession:
             return [pytest.mark.infer_unsupported(reason=reason)]
         return [pytest.mark.skip(reason=reason)]
 
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        marker = item.get_closest_marker("infer_unsupported")
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        # Under --infer-strict an unsupported technique is a test failure (call phase), not a skip.
+        marker = pyfuncitem.get_closest_marker("infer_unsupported")
         if marker is not None:
             pytest.fail(f"--infer-strict: {marker.kwargs['reason']}", pytrace=False)
+        return None
 
     def record(self, result: dict[str, Any]) -> None:
         self.results.append(result)
@@ -233,6 +265,13 @@ class InferSession:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.clear()
+
+
+@functools.lru_cache(maxsize=1)
+def suites_dir_cached() -> Path:
+    from pytest_infer.resources import suites_dir
+
+    return suites_dir()
 
 
 def _explicitly_loaded(config: pytest.Config) -> bool:

@@ -24,7 +24,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 TRACKED_PACKAGES: tuple[str, ...] = (
-    "torch", "transformers", "accelerate", "flash-attn", "flash_attn_3", "bitsandbytes",
+    "torch", "transformers", "accelerate", "flash-attn", "flash-attn-3", "flash-attn-4", "bitsandbytes",
     "kernels", "torchao", "optimum-quanto", "hqq", "triton",
 )
 DEVICE_KINDS = ("cuda", "rocm", "xpu", "mps", "cpu")

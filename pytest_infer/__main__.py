@@ -1,0 +1,59 @@
+"""``python -m pytest_infer`` / ``pytest-infer``: helpers around the plugin.
+
+    pytest-infer options      print the configuration reference (Markdown) from the real option table
+    pytest-infer techniques   print the technique catalogue and, for this machine, runnable or why not
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+SHOWN_DEFAULTS = {"model": "embedded tiny model", "cache_dir": "`~/.cache/pytest-infer`", "prompts": "bundled prompts"}
+
+
+def options_markdown() -> str:
+    from pytest_infer.config import OPTIONS
+
+    lines = [
+        "| command line | ini (`[tool.pytest.ini_options]`) | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    for o in OPTIONS:
+        default = SHOWN_DEFAULTS.get(o.name, o.default)
+        if isinstance(default, list):
+            default = ",".join(default) if default else "(none)"
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        lines.append(f"| `{o.flag}` | `{o.ini}` | {default if o.name in SHOWN_DEFAULTS else f'`{default}`'} | {o.help} |")
+    return "\n".join(lines) + "\n"
+
+
+def techniques_table() -> str:
+    from pytest_infer.stack import detect_stack
+    from pytest_infer.techniques import builtin_techniques
+
+    stack = detect_stack("auto")
+    rows = [f"{'technique':<20} {'family':<12} {'runner':<15} on this stack ({stack.device_kind})"]
+    for t in builtin_techniques():
+        reason = t.requirements.check(stack)
+        rows.append(f"{t.name:<20} {t.family:<12} {t.runner:<15} {'runnable' if reason is None else 'skip: ' + reason}")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pytest-infer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("options", help="print the configuration reference as Markdown")
+    sub.add_parser("techniques", help="print the built-in technique catalogue for this machine")
+    args = parser.parse_args(argv)
+    if args.command == "options":
+        sys.stdout.write(options_markdown())
+    elif args.command == "techniques":
+        sys.stdout.write(techniques_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
