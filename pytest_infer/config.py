@@ -67,6 +67,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_dir", "cache directory for compile caches and built models (default: ~/.cache/pytest-infer)", "", metavar="DIR"),
     Option("prompts", "prompt file: one prompt per line, UTF-8 (default: the bundled prompt set)", "", metavar="FILE"),
     Option("max_models", "how many loaded models to keep resident before evicting the oldest", 2, "int", "N"),
+    Option("tolerance_mode", "how default bounds are set: floor (tightened to the measured noise of the reference) or fixed (the per-dtype table)", "floor", metavar="MODE", choices=("floor", "fixed")),
+    Option("new_tokens", "greedy tokens generated for generation parity, comma-separated: each length is a separate generate call", ["16", "64"], "list", "N[,N]"),
+    Option("padding", "padding sweep of the padded-batch check: 'left:N,N;right:N'", "left:0,1,7,32;right:0,7", metavar="SWEEP"),
     Option("tolerance", "tolerance overrides, ';'-separated: [TECHNIQUE:][DTYPE:]metric=value,... e.g. 'sdpa:bfloat16:max_abs=0.2'", [], "list", "SPEC"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -89,6 +92,9 @@ class InferConfig:
     cache_dir: str
     prompts: str
     max_models: int
+    tolerance_mode: str = "floor"
+    new_tokens: tuple[int, ...] = (16, 64)
+    padding: str = "left:0,1,7,32;right:0,7"
     tolerance: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
@@ -218,6 +224,31 @@ def validate_suites(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def validate_choice(opt: Option, value: str) -> str:
+    if value not in opt.choices:
+        raise ConfigError(f"{opt.flag}: unknown value {value!r}; valid choices: {', '.join(opt.choices)}")
+    return value
+
+
+def validate_new_tokens(values: Sequence[str]) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        if not str(v).strip().isdigit() or int(v) < 1:
+            raise ConfigError(f"--infer-new-tokens: {v!r} is not a positive integer")
+        out.append(int(v))
+    return tuple(sorted(set(out)))
+
+
+def validate_padding(spec: str) -> str:
+    from pytest_infer.padding import parse_sweep
+
+    try:
+        parse_sweep(spec)
+    except ValueError as exc:
+        raise ConfigError(f"--infer-padding: {exc}") from None
+    return spec
+
+
 def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) -> InferConfig:
     """Validate what :func:`resolve_raw` picked; techniques and devices are validated by the session."""
     cache_dir = values["cache_dir"] or str(default_cache_dir())
@@ -235,6 +266,9 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) 
         cache_dir=str(Path(cache_dir).expanduser()),
         prompts=values["prompts"],
         max_models=values["max_models"],
+        tolerance_mode=validate_choice(OPTION_BY_NAME["tolerance_mode"], values["tolerance_mode"]),
+        new_tokens=validate_new_tokens(values["new_tokens"]),
+        padding=validate_padding(values["padding"]),
         tolerance=tuple(values["tolerance"]),
         sources=dict(sources),
     )

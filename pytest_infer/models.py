@@ -140,7 +140,11 @@ def forward_logits(model: Any, batch: Batch, technique: Technique) -> torch.Tens
 
     with torch.inference_mode(), technique.active():
         if technique.padded_batches:
-            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+            # positions count real tokens only, as generate() does for padded batches
+            position_ids = (batch.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids
+            ).logits.float()
         out: torch.Tensor | None = None
         seq = batch.input_ids.shape[1]
         for b in range(batch.input_ids.shape[0]):
@@ -179,6 +183,11 @@ class ModelCache:
         if key not in self._tensors:
             self._tensors[key] = factory()
         return self._tensors[key]
+
+    def discard(self, key: Hashable) -> None:
+        """Drop one model (e.g. after it raised: compiled state may be left half-built)."""
+        if self._models.pop(key, None) is not None:
+            release_memory()
 
     def _evict(self) -> None:
         _, model = self._models.popitem(last=False)

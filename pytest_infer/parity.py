@@ -50,10 +50,14 @@ class LogitParityResult:
     reference_dtype: str
     tolerance: Tolerance
     rows: list[RowParity]
-    nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (row, position) of NaN/Inf
+    nonfinite: list[tuple[int, int, str]] = field(default_factory=list)  # (row, position, "real"|"pad") of NaN/Inf
     failures: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
     kind: str = "logit_parity"
+    check: str = "logits"  # logits | padding
+    variant: str = ""  # e.g. "left+7 padding"
+    floor: dict[str, Any] | None = None  # the measured noise floor the bounds were derived from
+    localization: str | None = None  # on failure: the first decoder layer that parted
 
     @property
     def passed(self) -> bool:
@@ -88,12 +92,10 @@ class LogitParityResult:
         """The failure text: what parted, how far against the tolerance, where."""
         verdict = "passed" if self.passed else "FAILED"
         lines = [
-            f"logit parity {verdict}: {self.technique} ({self.dtype}) vs reference {self.reference} "
+            f"logit parity {verdict}: {self.technique}{f' [{self.variant}]' if self.variant else ''} ({self.dtype}) "
+            f"vs reference {self.reference} "
             f"({self.reference_dtype}) on {self.device}, {len(self.rows)} prompts"
         ]
-        if self.nonfinite:
-            row, pos = self.nonfinite[0]
-            lines.append(f"  non-finite logits (NaN/Inf) at {len(self.nonfinite)} position(s); first: row {row}, position {pos}")
         tol = self.tolerance
         lines.append(f"  {'metric':<10} {'measured':>12} {'bound':>14}  verdict")
         m = self.metrics
@@ -103,14 +105,36 @@ class LogitParityResult:
                 continue
             op = ">=" if bound in _LOWER_BOUNDS else "<="
             ok = _within(m[metric], limit, lower=bound in _LOWER_BOUNDS)
-            lines.append(f"  {metric:<10} {m[metric]:>12.4g} {op + ' ' + format(limit, '.4g'):>14}  {'ok' if ok else 'FAIL'}")
+            fmt = ".7g" if metric == "cosine" else ".4g"
+            lines.append(f"  {metric:<10} {m[metric]:>12{fmt}} {op + ' ' + format(limit, fmt):>14}  {'ok' if ok else 'FAIL'}")
         for failure in self.failures:
             lines.append(f"  - {failure}")
+        if self.floor:
+            lines.append(
+                f"  bounds from the noise floor: reference alone moves max_abs {self.floor['max_abs']:.3g}, "
+                f"max_kl {self.floor['max_kl']:.2g} in {self.dtype}"
+            )
+        if self.localization:
+            lines.append(f"  {self.localization}")
         return "\n".join(lines)
+
+    def with_tolerance(self, tolerance: Tolerance) -> LogitParityResult:
+        """The same measurement decided under another tolerance."""
+        trial = LogitParityResult(**{**self.__dict__, "tolerance": tolerance, "failures": []})
+        decide(trial)
+        return trial
+
+    def __le__(self, other: object) -> bool:
+        """``assert result <= tolerance``: does this measurement stay within ``tolerance``?"""
+        if not isinstance(other, Tolerance):
+            return NotImplemented
+        return self.with_tolerance(other).passed
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "check": self.check,
+            "variant": self.variant,
             "technique": self.technique,
             "reference": self.reference,
             "device": self.device,
@@ -120,8 +144,10 @@ class LogitParityResult:
             "metrics": self.metrics,
             "tolerance": self.tolerance.to_dict(),
             "failures": list(self.failures),
-            "nonfinite": [list(p) for p in self.nonfinite],
+            "nonfinite": [list(p) for p in self.nonfinite[:100]],
             "rows": [asdict(r) for r in self.rows],
+            "floor": self.floor,
+            "localization": self.localization,
         }
 
 
@@ -156,11 +182,13 @@ def compare_logits(
     dtype: str,
     reference_dtype: str,
     prompts: Sequence[str] = (),
+    scan_padding: bool = True,
 ) -> LogitParityResult:
     """Compare ``[batch, seq, vocab]`` logits at the positions where ``mask`` is true.
 
-    Padded positions are not compared (their values are undefined by design) but candidate values
-    there are still scanned for NaN/Inf at the real positions only; see the padding checks for more.
+    Padded positions are not compared (their values are undefined by design), but with
+    ``scan_padding`` every candidate value, pad positions included, is scanned for NaN/Inf: a NaN
+    at a pad position reaches real positions in the next layer (0 x NaN = NaN).
     """
     import torch
 
@@ -171,12 +199,15 @@ def compare_logits(
     ref = reference.double()
     cand = candidate.double().to(ref.device)
     rows: list[RowParity] = []
-    nonfinite: list[tuple[int, int]] = []
+    nonfinite: list[tuple[int, int, str]] = []
     for b in range(ref.shape[0]):
         idx = mask[b].nonzero().flatten()
         r, c = ref[b, idx], cand[b, idx]  # [positions, vocab]
-        bad = (~torch.isfinite(c)).any(dim=-1).nonzero().flatten().tolist()
-        nonfinite.extend((b, int(p)) for p in bad)
+        scan = cand[b] if scan_padding else cand[b].masked_fill(~mask[b, :, None], 0.0)
+        bad = (~torch.isfinite(scan)).any(dim=-1).nonzero().flatten().tolist()
+        nonfinite.extend((b, int(p), "real" if bool(mask[b, p]) else "pad") for p in bad)
+        if not torch.isfinite(c).all():
+            c = torch.nan_to_num(c, nan=0.0, posinf=1e30, neginf=-1e30)  # metrics stay defined; NaN fails above
         diff = (r - c).abs()
         per_pos_max = diff.amax(dim=-1)
         logp_r = torch.log_softmax(r, dim=-1)
@@ -221,8 +252,12 @@ def decide(result: LogitParityResult) -> None:
     """Fill ``result.failures`` from its metrics and tolerance."""
     failures: list[str] = []
     if result.nonfinite:
-        row, pos = result.nonfinite[0]
-        failures.append(f"candidate logits contain NaN/Inf: {len(result.nonfinite)} position(s), first at row {row}, position {pos}")
+        row, pos, where = result.nonfinite[0]
+        rows = sorted({r for r, _, _ in result.nonfinite})
+        failures.append(
+            f"candidate logits contain NaN/Inf at {len(result.nonfinite)} position(s) in row(s) {rows}; "
+            f"first at row {row}, position {pos} ({where} position)"
+        )
     m = result.metrics
     tol = result.tolerance
     for bound, metric in _UPPER_BOUNDS.items():
@@ -232,5 +267,5 @@ def decide(result: LogitParityResult) -> None:
     for bound, metric in _LOWER_BOUNDS.items():
         limit = getattr(tol, bound)
         if limit is not None and not _within(m[metric], limit, lower=True):
-            failures.append(f"{metric} {m[metric]:.4g} < {limit:.4g} at {_where(result, metric)}")
+            failures.append(f"{metric} {m[metric]:.7g} < {limit:.7g} at {_where(result, metric)}")
     result.failures = failures

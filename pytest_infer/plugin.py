@@ -58,3 +58,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
         config.pluginmanager.unregister(session)
         del config.stash[SESSION_KEY]
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """``assert result <= tolerance`` explains itself with the metrics table."""
+    from pytest_infer.parity import LogitParityResult
+    from pytest_infer.technique import Tolerance
+
+    if op == "<=" and isinstance(left, LogitParityResult) and isinstance(right, Tolerance):
+        trial = left.with_tolerance(right)
+        return [f"logit parity of {left.technique} does not stay within the tolerance:", *trial.message().splitlines()]
+    return None

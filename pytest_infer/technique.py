@@ -16,9 +16,11 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pytest_infer.stack import Requirements, Stack
+
+T = TypeVar("T")
 
 RUNNERS = ("forward", "generate", "generate_batch", "multiprocess")
 FAMILIES = (
@@ -149,22 +151,49 @@ class Expectation:
         """-1 when it does not apply to ``stack``; else how specific the best matching key is."""
         if not self.stacks:
             return 0
-        best = -1
-        cc = stack.compute_capability
-        for key in self.stacks:
-            kind, _, cap = key.partition(":")
-            if kind != stack.device_kind:
-                continue
-            if not cap:
-                best = max(best, 1)
-            elif cc is not None and cap == f"{cc[0]}.{cc[1]}":
-                best = max(best, 3)
-            elif cc is not None and cap == str(cc[0]):
-                best = max(best, 2)
-        return best
+        return max(stack_key_specificity(k, stack) for k in self.stacks)
 
     def holds(self, measured: float) -> bool:
         return measured >= self.value if self.op == ">=" else measured <= self.value
+
+
+def stack_key_specificity(key: str, stack: Stack) -> int:
+    """How well ``key`` ("default", "cuda", "cuda:9", "cuda:9.0") matches ``stack``: -1 no match, 0..3."""
+    if key in ("default", "*", ""):
+        return 0
+    kind, _, cap = key.partition(":")
+    if kind != stack.device_kind:
+        return -1
+    cc = stack.compute_capability
+    if not cap:
+        return 1
+    if cc is not None and cap == f"{cc[0]}.{cc[1]}":
+        return 3
+    if cc is not None and cap == str(cc[0]):
+        return 2
+    return -1
+
+
+class ByStack(Generic[T]):
+    """Values that differ by stack, best match wins (like ``transformers.testing_utils.Expectations``).
+
+    Example::
+
+        ByStack({"default": Tolerance(max_abs=0.5), "cuda:9.0": Tolerance(max_abs=0.8)})
+    """
+
+    def __init__(self, values: Mapping[str, T]) -> None:
+        if not values:
+            raise TechniqueError("ByStack needs at least one stack key")
+        self.values = dict(values)
+
+    def select(self, stack: Stack) -> T | None:
+        scored = [(stack_key_specificity(k, stack), v) for k, v in self.values.items()]
+        scored = [(s, v) for s, v in scored if s >= 0]
+        return max(scored, key=lambda sv: sv[0])[1] if scored else None
+
+    def __repr__(self) -> str:
+        return f"ByStack({self.values!r})"
 
 
 def select_expectations(expectations: Iterable[Expectation], stack: Stack) -> list[Expectation]:
@@ -200,7 +229,7 @@ class Technique:
     load_kwargs: Mapping[str, Any] = field(default_factory=dict)
     generate_kwargs: Mapping[str, Any] = field(default_factory=dict)
     requirements: Requirements = field(default_factory=Requirements)
-    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)  # dtype -> override of the default
+    tolerances: Mapping[str, Tolerance | ByStack[Tolerance]] = field(default_factory=dict)  # dtype -> fixed bounds
     expectations: tuple[Expectation, ...] = ()
     runner: str = "forward"
     context: ContextFactory | None = None  # entered around every forward / generate call
@@ -286,9 +315,15 @@ def compose(a: Technique, b: Technique) -> Technique:
             raise TechniqueError(f"contradictory stack {a.name}+{b.name}: {one.name} runs ranks, {two.name} needs generate_batch")
     if a.effective_attention and b.effective_attention and not (a.effective_attention & b.effective_attention):
         raise TechniqueError(f"contradictory stack {a.name}+{b.name}: two attention implementations")
-    tolerances = {d: a.tolerances.get(d, t).looser(t) if d in a.tolerances else t for d, t in b.tolerances.items()}
-    for d, t in a.tolerances.items():
-        tolerances.setdefault(d, t)
+    tolerances: dict[str, Tolerance | ByStack[Tolerance]] = dict(a.tolerances)
+    for d, t in b.tolerances.items():
+        mine = tolerances.get(d)
+        if isinstance(mine, Tolerance) and isinstance(t, Tolerance):
+            tolerances[d] = mine.looser(t)
+        elif mine is None:
+            tolerances[d] = t
+        else:  # per-stack values on either side: resolved later, the looser wins then
+            tolerances[d] = ByStack({"default": _StackedTolerance(mine, t)})  # type: ignore[dict-item]
 
     ctx_a, ctx_b = a.context, b.context
     context: ContextFactory | None
@@ -337,6 +372,29 @@ def compose(a: Technique, b: Technique) -> Technique:
         padded_batches=a.padded_batches and b.padded_batches,
         components=a.components + b.components,
     )
+
+
+@dataclass(frozen=True)
+class _StackedTolerance:
+    """Two per-stack tolerances of stacked techniques, resolved to the looser one for a given stack."""
+
+    a: Tolerance | ByStack[Tolerance]
+    b: Tolerance | ByStack[Tolerance]
+
+    def resolve(self, stack: Stack) -> Tolerance | None:
+        ta, tb = resolve_tolerance(self.a, stack), resolve_tolerance(self.b, stack)
+        if ta is None or tb is None:
+            return ta or tb
+        return ta.looser(tb)
+
+
+def resolve_tolerance(value: Any, stack: Stack) -> Tolerance | None:
+    """A technique's tolerance entry (plain, per stack, or stacked) for ``stack``."""
+    if isinstance(value, ByStack):
+        value = value.select(stack)
+    if isinstance(value, _StackedTolerance):
+        return value.resolve(stack)
+    return value
 
 
 class Registry:

@@ -14,12 +14,12 @@ from __future__ import annotations
 from pytest_infer.technique import Tolerance
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    # measured max over CPU backends (docs/tolerances.md): max_abs 1.6e-5, mean_abs 1.3e-6, max_kl 1.3e-11
+    # measured, max over CPU backends (docs/tolerances.md): max_abs 2.3e-5, mean_abs 2.5e-6, max_kl 4.4e-11
     "float32": Tolerance(max_abs=1e-3, mean_abs=1e-4, max_kl=1e-6, min_cosine=0.99999, min_top1=1.0, tie_margin=1e-3),
-    # measured: max_abs 0.18, mean_abs 0.023, max_kl 1.9e-3, cosine 0.99977, top-1 flips at margins <= 0.12
-    "bfloat16": Tolerance(max_abs=0.75, mean_abs=0.1, max_kl=1e-2, min_cosine=0.999, min_top1=1.0, tie_margin=0.4),
-    # measured: max_abs 0.03, mean_abs 0.0029, max_kl 4e-5, cosine 0.999993, no top-1 flips
-    "float16": Tolerance(max_abs=0.1, mean_abs=0.01, max_kl=2e-4, min_cosine=0.9999, min_top1=1.0, tie_margin=0.05),
+    # measured: max_abs 0.38, mean_abs 0.045, max_kl 9.7e-3, cosine 0.99966, top-1 flips at margins <= 0.165
+    "bfloat16": Tolerance(max_abs=1.5, mean_abs=0.2, max_kl=5e-2, min_cosine=0.998, min_top1=1.0, tie_margin=0.4),
+    # measured: max_abs 0.052, mean_abs 0.0055, max_kl 1.1e-4, cosine 0.999993, top-1 flips at margins <= 0.0018
+    "float16": Tolerance(max_abs=0.25, mean_abs=0.025, max_kl=5e-4, min_cosine=0.99995, min_top1=1.0, tie_margin=0.05),
 }
 
 

@@ -12,12 +12,32 @@ from pathlib import Path
 
 import pytest
 
+from _pytest import pytester as _pytester
+
+# The pytester fixture restores sys.modules when a test ends, dropping whatever the test imported.
+# torch's native extensions (and the operator libraries of torch._inductor, torch.distributed) cannot
+# be imported twice in one process, so modules of these packages are kept across that restore.
+_KEEP = {"torch", "transformers", "accelerate", "safetensors", "tokenizers", "huggingface_hub", "triton",
+         "sympy", "numpy", "functorch", "pytest_infer"}
+_snapshot_init = _pytester.SysModulesSnapshot.__init__
+
+
+def _keeping_heavy_modules(self, preserve=None):  # type: ignore[no-untyped-def]
+    def keep(name: str) -> bool:
+        return name.split(".", 1)[0] in _KEEP or (preserve is not None and preserve(name))
+
+    _snapshot_init(self, preserve=keep)
+
+
+_pytester.SysModulesSnapshot.__init__ = _keeping_heavy_modules  # type: ignore[method-assign]
+
 # pytester gives each inner session its own HOME; share one compile cache between them so that
 # flex_attention is compiled once per machine, not once per test.
 _CACHE = os.environ.get("PYTEST_INFER_TEST_CACHE") or str(Path.home() / ".cache" / "pytest-infer")
 
 # Sessions inside pytester run the real plugin; these flags keep their output predictable.
-BASE_ARGS = ("-p", "pytest_infer", "-p", "no:cacheprovider", "--infer-cache-dir", _CACHE)
+# one token (--flag=value): a separate path argument would take part in pytest's rootdir choice
+BASE_ARGS = ("-p", "pytest_infer", "-p", "no:cacheprovider", f"--infer-cache-dir={_CACHE}")
 
 
 @pytest.fixture

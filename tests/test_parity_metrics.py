@@ -61,8 +61,17 @@ def test_nan_anywhere_in_real_positions_fails(logits) -> None:
     cand[0, 4, 0] = float("nan")
     r = _compare(ref, cand, mask, Tolerance(min_top1=None))
     assert not r.passed
-    assert r.nonfinite == [(0, 2)]  # position 2 of the unpadded prompt
-    assert "NaN/Inf" in r.failures[0]
+    assert r.nonfinite == [(0, 4, "real")]
+    assert "first at row 0, position 4 (real position)" in r.failures[0]
+
+
+def test_nan_at_a_pad_position_fails_too(logits) -> None:
+    ref, mask = logits
+    cand = ref.clone()
+    cand[0, 1, 3] = float("inf")  # row 0 is padded at positions 0-1
+    r = _compare(ref, cand, mask, Tolerance(min_top1=None))
+    assert not r.passed and r.nonfinite == [(0, 1, "pad")]
+    assert "(pad position)" in r.failures[0]
 
 
 def test_top1_only_counts_decisive_positions() -> None:

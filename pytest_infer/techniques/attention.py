@@ -166,12 +166,18 @@ def attention_function_technique(
     *,
     description: str = "",
     requirements: Requirements | None = None,
+    mask: str | Callable[..., Any] | None = "sdpa",
     **kwargs: Any,
 ) -> Technique:
     """A technique for an attention function registered through Transformers' ``AttentionInterface``.
 
     ``function`` has the signature of ``transformers.integrations.sdpa_attention.sdpa_attention_forward``:
     ``(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs) -> (out, weights)``.
+
+    ``mask`` is registered for the same name through ``AttentionMaskInterface``: the name of a built-in
+    mask format ("sdpa", "eager", "flex_attention", ...) or a mask function. Transformers gives an attention
+    name with no registered mask **no mask at all** (meant for servers that mask on their own), so padded
+    batches would silently attend to padding; ``mask=None`` keeps that behaviour on purpose.
 
     Example (in a model repository's conftest.py)::
 
@@ -183,6 +189,10 @@ def attention_function_technique(
         from transformers import AttentionInterface
 
         AttentionInterface.register(name, function)
+        if mask is not None:
+            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask] if isinstance(mask, str) else mask)
 
     return Technique(
         name=name,

@@ -1,0 +1,218 @@
+"""The checks a test runs for a case — logit parity, padded batches, generation parity — with their
+reference computations cached in the session. Each returns a result object; ``assert_*`` fail the test
+with the result's message (the pytest glue is only that, and recording the result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_infer.models import encode, forward_logits, load_model
+from pytest_infer.session import Case, InferSession
+
+if TYPE_CHECKING:
+    from pytest_infer.floor import NoiseFloor
+    from pytest_infer.generation import GenerationParityResult
+    from pytest_infer.parity import LogitParityResult
+    from pytest_infer.technique import Tolerance
+
+
+class ParityChecks:
+    """Bound to one test: its markers shape the tolerance, its node receives the results."""
+
+    def __init__(self, session: InferSession, node: pytest.Item | None, tokenizer: Any, prompts: tuple[str, ...]) -> None:
+        self.session = session
+        self.node = node
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+
+    # --- models and references (cached in the session) ----------------------------------------
+    def _key(self, case: Case) -> tuple[Any, ...]:
+        return (self.session.source, case.technique.load_signature(), case.dtype, case.device)
+
+    def model(self, case: Case) -> Any:
+        s = self.session
+        return s.cache.model(self._key(case), lambda: load_model(s.source, case.technique, case.dtype, case.device))
+
+    @contextlib.contextmanager
+    def _guard(self, case: Case) -> Iterator[None]:
+        """A case that raises leaves no state behind for the next test: its model is dropped and
+        torch.compile's caches of this process are reset (a failed compile can poison later calls)."""
+        try:
+            yield
+        except BaseException:
+            self.session.cache.discard(self._key(case))
+            dynamo = sys.modules.get("torch._dynamo")
+            if dynamo is not None:
+                dynamo.reset()
+            raise
+
+    def _ref_case(self, device: str, dtype: str | None = None) -> Case:
+        return Case(self.session.reference, device, dtype or self.session.config.reference_dtype)
+
+    def reference_logits(self, device: str, dtype: str | None = None) -> tuple[Any, Any]:
+        """(logits, attention_mask) of the reference on the padded prompt batch, computed once."""
+        case = self._ref_case(device, dtype)
+        key = ("logits", self.session.source, case.technique.name, case.dtype, device, self.prompts)
+
+        def compute() -> tuple[Any, Any]:
+            batch = encode(self.tokenizer, self.prompts, device)
+            return forward_logits(self.model(case), batch, case.technique), batch.attention_mask
+
+        return self.session.cache.tensor(key, compute)
+
+    def reference_solo(self, device: str, dtype: str | None = None) -> list[Any]:
+        from pytest_infer.padding import solo_logits
+
+        case = self._ref_case(device, dtype)
+        key = ("solo", self.session.source, case.technique.name, case.dtype, device, self.prompts)
+        return self.session.cache.tensor(
+            key, lambda: solo_logits(self.model(case), self.tokenizer, self.prompts, case.technique, device)
+        )
+
+    def noise_floor(self, device: str, dtype: str) -> NoiseFloor:
+        """The reference's own noise in ``dtype`` on ``device`` (see :mod:`pytest_infer.floor`)."""
+        from pytest_infer.floor import measure_floor
+        from pytest_infer.parity import compare_logits
+        from pytest_infer.technique import Tolerance
+
+        def compute() -> NoiseFloor:
+            import torch
+
+            ref, mask = self.reference_logits(device)
+            in_dtype, _ = self.reference_logits(device, dtype)
+            common = dict(technique=f"{self.session.reference.name}", reference_name=self.session.reference.name,
+                          device=device, dtype=dtype, reference_dtype=self.session.config.reference_dtype)
+            loose = Tolerance(min_top1=None)
+            dtype_noise = compare_logits(ref, in_dtype, mask, loose, **common)  # type: ignore[arg-type]
+            solo = torch.zeros_like(in_dtype)
+            for b, s in enumerate(self.reference_solo(device, dtype)):
+                solo[b, mask[b].bool()] = s.to(solo.dtype)
+            batch_noise = compare_logits(solo, in_dtype, mask, loose, **common)  # type: ignore[arg-type]
+            real = mask.bool()
+            r, c = ref[real], in_dtype[real]
+            top2 = r.topk(2, dim=-1).values
+            flips = r.argmax(-1) != c.argmax(-1)
+            flip_margin = float((top2[:, 0] - top2[:, 1])[flips].max()) if bool(flips.any()) else 0.0
+            return measure_floor(dtype_noise, batch_noise, flip_margin)
+
+        key = ("floor", self.session.source, self.session.reference.name, dtype, device, self.prompts)
+        return self.session.cache.tensor(key, compute)
+
+    def tolerance(self, case: Case) -> tuple[Tolerance, NoiseFloor | None]:
+        floor = self.noise_floor(case.device, case.dtype) if self.session.config.tolerance_mode == "floor" else None
+        return self.session.tolerance(case, self.node, floor), floor
+
+    # --- checks ---------------------------------------------------------------------------------
+    def logits(self, case: Case, model: Any | None = None) -> LogitParityResult:
+        """Run ``case`` on the padded prompt batch and compare with the reference."""
+        from pytest_infer.parity import compare_logits
+
+        tolerance, floor = self.tolerance(case)
+        ref, mask = self.reference_logits(case.device)
+        batch = encode(self.tokenizer, self.prompts, case.device)
+        logits = forward_logits(model if model is not None else self.model(case), batch, case.technique)
+        result = compare_logits(
+            ref, logits, mask, tolerance, technique=case.technique.name, reference_name=self.session.reference.name,
+            device=case.device, dtype=case.dtype, reference_dtype=self.session.config.reference_dtype,
+            prompts=self.prompts,
+        )
+        result.floor = floor.to_dict() if floor else None
+        if not result.passed:
+            result.localization = self._localize(case, model)
+        return self._record(result)
+
+    def padding(self, case: Case) -> list[LogitParityResult]:
+        """The padded-batch sweep: every padded row against the same prompt run alone by the reference."""
+        from pytest_infer.padding import padding_parity, parse_sweep
+
+        tolerance, floor = self.tolerance(case)
+        pairs = padding_parity(
+            self.reference_solo(case.device), self.model(case), self.tokenizer, self.prompts, case.technique,
+            tolerance, parse_sweep(self.session.config.padding), reference_name=self.session.reference.name,
+            device=case.device, dtype=case.dtype, reference_dtype=self.session.config.reference_dtype,
+        )
+        results = []
+        for _, result in pairs:
+            result.floor = floor.to_dict() if floor else None
+            results.append(self._record(result))
+        return results
+
+    def generation(self, case: Case) -> list[GenerationParityResult]:
+        """Greedy generation at each configured length vs. the reference's, token by token."""
+        from pytest_infer.generation import compare_generations, greedy_generate
+
+        s = self.session
+        lengths = s.config.new_tokens
+        longest = max(lengths)
+        ref_case = self._ref_case(case.device)
+        key = ("generate", s.source, ref_case.technique.name, ref_case.dtype, case.device, self.prompts, longest)
+        batch = encode(self.tokenizer, self.prompts, case.device)
+        reference = s.cache.tensor(
+            key, lambda: greedy_generate(self.model(ref_case), self.tokenizer, batch, ref_case.technique, longest)
+        )
+        tolerance, _ = self.tolerance(case)
+        model = self.model(case)
+        results = []
+        for n in lengths:
+            candidate = greedy_generate(model, self.tokenizer, batch, case.technique, n)
+            result = compare_generations(
+                reference, candidate, self.tokenizer, near_tie=tolerance.tie_margin, new_tokens=n,
+                technique=case.technique.name, reference_name=s.reference.name, device=case.device,
+                dtype=case.dtype, reference_dtype=s.config.reference_dtype, prompts=self.prompts,
+            )
+            results.append(self._record(result))
+        return results
+
+    def assert_logits(self, case: Case, model: Any | None = None) -> LogitParityResult:
+        with self._guard(case):
+            return _assert([self.logits(case, model)])[0]
+
+    def assert_padding(self, case: Case) -> list[LogitParityResult]:
+        with self._guard(case):
+            return _assert(self.padding(case))
+
+    def assert_generation(self, case: Case) -> list[GenerationParityResult]:
+        with self._guard(case):
+            return _assert(self.generation(case))
+
+    # backwards-friendly name used in docs and examples
+    assert_parity = assert_logits
+    check = logits
+
+    # --- internals ------------------------------------------------------------------------------
+    def _localize(self, case: Case, model: Any | None) -> str | None:
+        from pytest_infer.localize import first_divergence
+
+        ref_dtype = self.session.config.reference_dtype
+        try:
+            return first_divergence(
+                self.model(self._ref_case(case.device)), self.session.reference,
+                model if model is not None else self.model(case), case.technique,
+                encode(self.tokenizer, self.prompts, case.device), case.dtype,
+                reference_in_dtype=self.model(self._ref_case(case.device, case.dtype)) if case.dtype != ref_dtype else None,
+            )
+        except Exception as exc:  # localization is a diagnosis: never let it hide the parity failure
+            return f"(could not localize the divergence: {type(exc).__name__}: {exc})"
+
+    def _record(self, result: Any) -> Any:
+        data = result.to_dict()
+        self.session.record(data)
+        if self.node is not None:
+            self.node.user_properties.append(("infer_result", data))
+            if result.passed:  # a failure already carries its message
+                self.node.add_report_section("call", "infer", result.message())
+        return result
+
+
+def _assert(results: list[Any]) -> list[Any]:
+    failed = [r for r in results if not r.passed]
+    if failed:
+        pytest.fail("\n\n".join(r.message() for r in failed), pytrace=False)
+    return results
+

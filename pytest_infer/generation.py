@@ -1,0 +1,276 @@
+"""Greedy-generation parity: token by token against the reference, tolerant only of measured near-ties.
+
+:func:`greedy_generate` runs ``generate`` (or ``generate_batch`` for continuous-batching techniques)
+for a forced number of new tokens and records, for each step, the chosen token and the top-1/top-2
+margin of the scores it was chosen from. :func:`compare_generations` walks candidate and reference
+together: at the first differing token the divergence is accepted only when the reference's margin
+there is below the near-tie threshold (rounding can flip a near-tie; comparison stops there and says
+so); anything else fails with the step, both tokens, both margins and the text so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_infer.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_infer.models import Batch
+
+
+@dataclass
+class Generated:
+    """Greedy tokens ``[batch][steps]`` and the top-1/top-2 margin at each step (None when unknown)."""
+
+    tokens: list[list[int]]
+    margins: list[list[float]] | None
+
+
+def _margins(scores: Sequence[torch.Tensor]) -> list[list[float]]:
+    import torch
+
+    stacked = torch.stack([s.float() for s in scores], dim=1)  # [batch, steps, vocab]
+    top2 = stacked.topk(2, dim=-1).values
+    return (top2[..., 0] - top2[..., 1]).tolist()
+
+
+def greedy_generate(model: Any, tokenizer: Any, batch: Batch, technique: Technique, new_tokens: int) -> Generated:
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens per prompt.
+
+    The length is forced by an end-of-sequence id that no token can have (the vocabulary size), not by
+    ``min_new_tokens``: that would rewrite the EOS logit and is dropped by continuous batching.
+    """
+    import torch
+
+    if technique.runner == "generate_batch":
+        return generate_batch(model, tokenizer, batch, technique, new_tokens)
+    kwargs = {
+        "max_new_tokens": new_tokens,
+        "eos_token_id": never_token(model, tokenizer),
+        "do_sample": False,
+        "output_scores": True,
+        "return_dict_in_generate": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        **technique.generate_kwargs,
+    }
+    with torch.inference_mode(), technique.active():
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    prompt_len = batch.input_ids.shape[1]
+    tokens = out.sequences[:, prompt_len:].tolist()
+    return Generated(tokens, _margins(out.scores))
+
+
+def never_token(model: Any, tokenizer: Any) -> int:
+    """A token id outside the vocabulary: as EOS it never stops generation and changes no logit."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return max(int(getattr(config, "vocab_size", 0) or 0), len(tokenizer))
+
+
+def cb_config(**overrides: Any) -> Any:
+    """A ``ContinuousBatchingConfig`` with the KV budget set explicitly (the defaults size it from free
+    device memory, or system RAM on CPU: gigabytes, never wanted inside a test run)."""
+    from transformers.generation import configuration_utils as cu
+
+    fields = {f.name for f in dataclasses.fields(cu.ContinuousBatchingConfig)}
+    values: dict[str, Any] = {
+        "num_blocks": 64,
+        "max_batch_tokens": 64,
+        "auto_switch_to_flash": False,
+        "allow_block_sharing": False,
+        "use_cuda_graph": False,
+    }
+    values["page_size" if "page_size" in fields else "block_size"] = 32
+    values.update(overrides)
+    return cu.ContinuousBatchingConfig(**{k: v for k, v in values.items() if k in fields})
+
+
+def generate_batch(model: Any, tokenizer: Any, batch: Batch, technique: Technique, new_tokens: int) -> Generated:
+    """Continuous batching: ``model.generate_batch`` over the unpadded prompts, tokens per request in order."""
+    import torch
+    from transformers import GenerationConfig
+
+    inputs = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids.cpu(), batch.attention_mask.cpu())]
+    gen_config = GenerationConfig(
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=never_token(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.inference_mode(), technique.active():
+        outputs = model.generate_batch(
+            inputs=inputs, generation_config=gen_config, continuous_batching_config=cb_config(), progress_bar=False
+        )
+    by_prompt: dict[tuple[int, ...], list[list[int]]] = {}
+    for out in outputs.values():
+        if out.error:
+            raise RuntimeError(f"generate_batch request {out.request_id} failed: {out.error}")
+        by_prompt.setdefault(tuple(out.prompt_ids), []).append(list(out.generated_tokens))
+    tokens: list[list[int]] = []
+    for ids in inputs:
+        queue = by_prompt.get(tuple(ids))
+        if not queue:
+            raise RuntimeError(f"generate_batch returned no result for a request of {len(ids)} prompt tokens")
+        tokens.append(queue.pop(0))
+    return Generated(tokens, None)
+
+
+@dataclass
+class GenerationRow:
+    """How one prompt's greedy continuation compares with the reference's."""
+
+    row: int
+    status: str  # "match" | "near_tie" | "diverged" | "short"
+    compared: int  # steps compared (up to and excluding the divergence)
+    step: int | None = None
+    reference_token: int | None = None
+    candidate_token: int | None = None
+    reference_piece: str = ""
+    candidate_piece: str = ""
+    reference_margin: float | None = None
+    candidate_margin: float | None = None
+    text_so_far: str = ""
+
+
+@dataclass
+class GenerationParityResult:
+    technique: str
+    reference: str
+    device: str
+    dtype: str
+    reference_dtype: str
+    new_tokens: int
+    near_tie: float
+    rows: list[GenerationRow]
+    prompts: list[str] = field(default_factory=list)
+    kind: str = "generation_parity"
+
+    @property
+    def failures(self) -> list[str]:
+        out = []
+        for r in self.rows:
+            if r.status == "diverged":
+                out.append(
+                    f"row {r.row} diverged at step {r.step}: reference {r.reference_token} {r.reference_piece!r} "
+                    f"(margin {_fmt(r.reference_margin)}) vs candidate {r.candidate_token} {r.candidate_piece!r} "
+                    f"(margin {_fmt(r.candidate_margin)}); near-tie threshold {self.near_tie:g}; "
+                    f"text so far: {r.text_so_far!r}"
+                )
+            elif r.status == "short":
+                out.append(f"row {r.row}: candidate produced {r.compared} of {self.new_tokens} tokens")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        total = sum(r.compared for r in self.rows)
+        return {
+            "matched_tokens": float(total),
+            "match_rate": total / max(1, self.new_tokens * len(self.rows)),
+            "near_ties": float(sum(r.status == "near_tie" for r in self.rows)),
+        }
+
+    def headline(self) -> str:
+        m = self.metrics
+        return f"{int(m['matched_tokens'])}/{self.new_tokens * len(self.rows)} tokens, {int(m['near_ties'])} near-tie stops"
+
+    def message(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"generation parity {verdict}: {self.technique} ({self.dtype}) vs reference {self.reference} "
+            f"({self.reference_dtype}) on {self.device}, {len(self.rows)} prompts x {self.new_tokens} greedy tokens"
+        ]
+        for r in self.rows:
+            if r.status == "near_tie":
+                lines.append(
+                    f"  row {r.row}: near-tie at step {r.step} (reference margin {_fmt(r.reference_margin)} < "
+                    f"{self.near_tie:g}): {r.reference_piece!r} vs {r.candidate_piece!r}; compared {r.compared} steps, "
+                    "stopped there"
+                )
+        lines.extend(f"  - {f}" for f in self.failures)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "check": "generation",
+            "variant": f"{self.new_tokens} tokens",
+            "technique": self.technique,
+            "reference": self.reference,
+            "device": self.device,
+            "dtype": self.dtype,
+            "reference_dtype": self.reference_dtype,
+            "passed": self.passed,
+            "new_tokens": self.new_tokens,
+            "near_tie": self.near_tie,
+            "metrics": self.metrics,
+            "failures": self.failures,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+        }
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3g}"
+
+
+def compare_generations(
+    reference: Generated,
+    candidate: Generated,
+    tokenizer: Any,
+    *,
+    near_tie: float,
+    new_tokens: int,
+    technique: str,
+    reference_name: str,
+    device: str,
+    dtype: str,
+    reference_dtype: str,
+    prompts: Sequence[str] = (),
+) -> GenerationParityResult:
+    """Compare the first ``new_tokens`` greedy tokens of each row."""
+    rows: list[GenerationRow] = []
+    for b, (ref, cand) in enumerate(zip(reference.tokens, candidate.tokens)):
+        ref, cand = ref[:new_tokens], cand[:new_tokens]
+        row = GenerationRow(row=b, status="match", compared=min(len(ref), len(cand)))
+        for step, (rt, ct) in enumerate(zip(ref, cand)):
+            if rt == ct:
+                continue
+            ref_margin = reference.margins[b][step] if reference.margins else None
+            cand_margin = candidate.margins[b][step] if candidate.margins else None
+            row = GenerationRow(
+                row=b,
+                status="near_tie" if ref_margin is not None and ref_margin < near_tie else "diverged",
+                compared=step,
+                step=step,
+                reference_token=rt,
+                candidate_token=ct,
+                reference_piece=tokenizer.decode([rt]),
+                candidate_piece=tokenizer.decode([ct]),
+                reference_margin=ref_margin,
+                candidate_margin=cand_margin,
+                text_so_far=(prompts[b] if b < len(prompts) else "") + tokenizer.decode(ref[:step]),
+            )
+            break
+        else:
+            if len(cand) < min(len(ref), new_tokens):
+                row.status = "short"
+        rows.append(row)
+    return GenerationParityResult(
+        technique=technique,
+        reference=reference_name,
+        device=device,
+        dtype=dtype,
+        reference_dtype=reference_dtype,
+        new_tokens=new_tokens,
+        near_tie=near_tie,
+        rows=rows,
+        prompts=list(prompts),
+    )

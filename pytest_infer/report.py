@@ -1,0 +1,39 @@
+"""Reports built from result dictionaries: the terminal summary (technique x check per device/dtype)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+CHECK_COLUMNS = ("logits", "padding", "generation")
+
+
+def _cell(results: list[Mapping[str, Any]]) -> str:
+    if not results:
+        return "-"
+    passed = sum(bool(r.get("passed")) for r in results)
+    verdict = "pass" if passed == len(results) else "FAIL"
+    if results[0].get("check") == "generation":
+        matched = sum(r.get("metrics", {}).get("matched_tokens", 0) for r in results)
+        total = sum(r.get("new_tokens", 0) * len(r.get("rows", [])) for r in results)
+        return f"{verdict} {int(matched)}/{total} tok"
+    worst = max(r.get("metrics", {}).get("max_abs", float("nan")) for r in results)
+    suffix = f" ({passed}/{len(results)})" if len(results) > 1 else ""
+    return f"{verdict} {worst:.2g}{suffix}"
+
+
+def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One row per (device, dtype, technique), one column per check: verdict and key figure
+    (logits/padding: worst max_abs; generation: tokens matched before any accepted near-tie)."""
+    groups: dict[tuple[str, str, str], dict[str, list[Mapping[str, Any]]]] = {}
+    for r in results:
+        key = (r.get("device", "?"), r.get("dtype", "?"), r.get("technique", "?"))
+        groups.setdefault(key, {}).setdefault(r.get("check", r.get("kind", "?")), []).append(r)
+    if not groups:
+        return []
+    width = max(len(k[2]) for k in groups) + 2
+    lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<19}" for c in CHECK_COLUMNS)]
+    for (device, dtype, technique), checks in groups.items():
+        cells = "".join(f"{_cell(checks.get(c, [])):<19}" for c in CHECK_COLUMNS)
+        lines.append(f"{device:<7} {dtype:<9} {technique:<{width}}{cells}".rstrip())
+    return lines

@@ -1,0 +1,11 @@
+"""Greedy-generation parity of every selected technique (``--infer-suite generation``).
+
+Each configured length (``--infer-new-tokens``, default 16 and 64) is a separate ``generate`` call, so
+cache bugs that depend on ``max_new_tokens`` show; divergences are accepted only at measured near-ties.
+"""
+
+from __future__ import annotations
+
+
+def test_generation_parity(infer_case, infer_parity):
+    infer_parity.assert_generation(infer_case)

@@ -1,0 +1,123 @@
+"""Proof that the parity engine catches the faults users meet: each planted fault is registered as a
+technique from a test's conftest, and each must FAIL with a message that points at it."""
+
+from __future__ import annotations
+
+import pytest
+
+PLANTED = """
+import torch
+from transformers import DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from pytest_infer import Technique
+from pytest_infer.techniques.attention import attention_function_technique
+
+
+def maskless(module, query, key, value, attention_mask, **kwargs):
+    # ignores the padding mask, keeps causality: right on unpadded prompts, wrong on padded rows
+    kwargs.pop("is_causal", None)
+    return sdpa_attention_forward(module, query, key, value, None, is_causal=query.shape[2] > 1, **kwargs)
+
+
+def nan_on_masked_rows(module, query, key, value, attention_mask, **kwargs):
+    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None:
+        keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        dead = ~keep.any(dim=-1)[:, 0]  # [batch, query]: rows with no key to attend to
+        out = out.masked_fill(dead[:, :, None, None], float("nan"))
+    return out, weights
+
+
+def perturb_layer(index, scale):
+    def prepare(model):
+        layer = model.model.layers[index]
+
+        def hook(module, inputs, output):
+            if isinstance(output, tuple):
+                return (output[0] * scale,) + tuple(output[1:])
+            return output * scale
+
+        layer.register_forward_hook(hook)
+        return model
+
+    return prepare
+
+
+class ForgetfulCache(DynamicCache):
+    # a KV cache that is right until it holds LIMIT positions, then loses its oldest entries
+    LIMIT = 72
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if keys.shape[-2] > self.LIMIT:
+            keys = keys.clone()
+            keys[..., : keys.shape[-2] - self.LIMIT, :] = 0.0
+        return keys, values
+
+
+def forgetful(model):
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        kwargs.setdefault("past_key_values", ForgetfulCache())
+        return original(*args, **kwargs)
+
+    model.generate = generate
+    return model
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(attention_function_technique("maskless", maskless))
+    registry.add(attention_function_technique("nan_masked_rows", nan_on_masked_rows))
+    registry.add(Technique(name="layer2_off", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=perturb_layer(2, 1.05)))
+    registry.add(Technique(name="forgetful_cache", family="caching", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=forgetful, runner="generate"))
+"""
+
+
+@pytest.fixture
+def planted(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(PLANTED)
+    return pytester
+
+
+def test_mask_ignoring_attention_passes_unpadded_and_fails_padded(planted: pytest.Pytester, run_infer) -> None:
+    (planted.path / "one.txt").write_text("Return the result of shifting the digits of the first operand\n")
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "maskless", "--infer-prompts", "one.txt",
+                       "-k", "logit_parity")
+    result.assert_outcomes(passed=1)  # one prompt: nothing to mask
+
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "maskless")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*logit parity FAILED: maskless (float32)*", "*logit parity FAILED: maskless ?left+? padding? (float32)*"])
+
+
+def test_nan_on_fully_masked_rows_is_found_with_row_and_position(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "nan_masked_rows", "-k", "padded")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*candidate logits contain NaN/Inf at * position(s) in row(s) *; first at row *, position * (* position)*"])
+
+
+def test_perturbed_layer_is_named(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "layer2_off", "-k", "logit_parity")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*first diverging layer: model.layers.2 (its own output: none of its parts parted first): relative error *"]
+    )
+
+
+def test_cache_wrong_past_a_length_fails_only_the_long_generation(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer("--infer-suite", "generation", "--infer-technique", "forgetful_cache", "--infer-new-tokens", "16,64")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 64" in out
+    # the short run stays within the cache's limit and passes
+    assert "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 16" not in out
+    result.stdout.fnmatch_lines(["*row * diverged at step *: reference * (margin *) vs candidate * (margin *); near-tie threshold *; text so far: *"])
+
+
+def test_untouched_backends_pass_padding_and_generation(run_infer) -> None:
+    result = run_infer("--infer-suite", "parity,generation", "--infer-technique", "sdpa,sdpa_math,paged|eager")
+    result.assert_outcomes(passed=7, skipped=2)  # paged|eager has no plain forward: logits/padding skip
