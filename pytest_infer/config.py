@@ -70,6 +70,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tolerance_mode", "how default bounds are set: floor (tightened to the measured noise of the reference) or fixed (the per-dtype table)", "floor", metavar="MODE", choices=("floor", "fixed")),
     Option("new_tokens", "greedy tokens generated for generation parity, comma-separated: each length is a separate generate call", ["16", "64"], "list", "N[,N]"),
     Option("padding", "padding sweep of the padded-batch check: 'left:N,N;right:N'", "left:0,1,7,32;right:0,7", metavar="SWEEP"),
+    Option("report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"),
     Option("tolerance", "tolerance overrides, ';'-separated: [TECHNIQUE:][DTYPE:]metric=value,... e.g. 'sdpa:bfloat16:max_abs=0.2'", [], "list", "SPEC"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -95,6 +96,7 @@ class InferConfig:
     tolerance_mode: str = "floor"
     new_tokens: tuple[int, ...] = (16, 64)
     padding: str = "left:0,1,7,32;right:0,7"
+    report: str = ""
     tolerance: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
@@ -249,6 +251,18 @@ def validate_padding(spec: str) -> str:
     return spec
 
 
+def validate_report_path(path: str, rootdir: Path) -> str:
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    folder = p.parent if p.parent != Path("") else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--infer-report {path}: folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--infer-report {path}: folder {folder} is not writable")
+    return str(p)
+
+
 def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) -> InferConfig:
     """Validate what :func:`resolve_raw` picked; techniques and devices are validated by the session."""
     cache_dir = values["cache_dir"] or str(default_cache_dir())
@@ -269,6 +283,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) 
         tolerance_mode=validate_choice(OPTION_BY_NAME["tolerance_mode"], values["tolerance_mode"]),
         new_tokens=validate_new_tokens(values["new_tokens"]),
         padding=validate_padding(values["padding"]),
+        report=validate_report_path(values["report"], rootdir),
         tolerance=tuple(values["tolerance"]),
         sources=dict(sources),
     )

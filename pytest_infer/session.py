@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,8 @@ class InferSession:
         self.results: list[dict[str, Any]] = []
         self._cache: ModelCache | None = None
         self.suite_files: set[Path] = set()
+        self.outcomes: list[dict[str, Any]] = []
+        self._started = time.perf_counter()
         self._active = bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(
             s != "default" for s in cfg.sources.values()
         )
@@ -290,6 +293,30 @@ class InferSession:
         terminalreporter.section("pytest-infer: technique x check (worst max_abs | tokens matched)")
         for line in summary_lines(self.results):
             terminalreporter.write_line(line)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            entry: dict[str, Any] = {"nodeid": report.nodeid, "outcome": report.outcome, "duration_s": round(report.duration, 4)}
+            if hasattr(report, "wasxfail"):
+                entry["outcome"] = "xfailed" if report.skipped else "xpassed"
+                entry["reason"] = report.wasxfail
+            elif report.skipped and isinstance(report.longrepr, tuple):
+                entry["reason"] = str(report.longrepr[2]).removeprefix("Skipped: ")
+            self.outcomes.append(entry)
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._started = time.perf_counter()
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.config.report:
+            return
+        from pytest_infer import __version__
+        from pytest_infer.report import report_document, write_atomically
+
+        stack = self.stack.to_dict() if self._active or self.results else {}
+        doc = report_document(stack, self.config.to_dict(), self.results, self.outcomes,
+                              time.perf_counter() - self._started, {"pytest-infer": __version__})
+        write_atomically(self.config.report, doc)
 
     def close(self) -> None:
         if self._cache is not None:
