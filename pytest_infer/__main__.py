@@ -1,14 +1,13 @@
 """``python -m pytest_infer`` / ``pytest-infer``: helpers around the plugin.
 
-    pytest-infer options      print the configuration reference (Markdown) from the real option table
-    pytest-infer techniques   print the technique catalogue and, for this machine, runnable or why not
+pytest-infer options      print the configuration reference (Markdown) from the real option table
+pytest-infer techniques   print the technique catalogue and, for this machine, runnable or why not
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-
 
 SHOWN_DEFAULTS = {"model": "embedded tiny model", "cache_dir": "`~/.cache/pytest-infer`", "prompts": "bundled prompts"}
 
@@ -26,7 +25,9 @@ def options_markdown() -> str:
             default = ",".join(default) if default else "(none)"
         elif isinstance(default, bool):
             default = str(default).lower()
-        lines.append(f"| `{o.flag}` | `{o.ini}` | {default if o.name in SHOWN_DEFAULTS else f'`{default}`'} | {o.help} |")
+        lines.append(
+            f"| `{o.flag}` | `{o.ini}` | {default if o.name in SHOWN_DEFAULTS else f'`{default}`'} | {o.help} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -45,10 +46,20 @@ def techniques_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pytest-infer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("options", help="print the configuration reference as Markdown")
+    opts = sub.add_parser("options", help="print the configuration reference as Markdown")
+    opts.add_argument("--update", metavar="FILE", help="rewrite the table between the options markers of FILE")
     sub.add_parser("techniques", help="print the built-in technique catalogue for this machine")
     args = parser.parse_args(argv)
-    if args.command == "options":
+    if args.command == "options" and args.update:
+        from pathlib import Path
+
+        path = Path(args.update)
+        text = path.read_text()
+        start, end = "<!-- options:start -->\n", "<!-- options:end -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        path.write_text(head + start + options_markdown() + end + tail)
+    elif args.command == "options":
         sys.stdout.write(options_markdown())
     elif args.command == "techniques":
         sys.stdout.write(techniques_table())

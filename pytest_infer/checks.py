@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 class ParityChecks:
     """Bound to one test: its markers shape the tolerance, its node receives the results."""
 
-    def __init__(self, session: InferSession, node: pytest.Item | None, tokenizer: Any, prompts: tuple[str, ...]) -> None:
+    def __init__(
+        self, session: InferSession, node: pytest.Item | None, tokenizer: Any, prompts: tuple[str, ...]
+    ) -> None:
         self.session = session
         self.node = node
         self.tokenizer = tokenizer
@@ -86,8 +88,13 @@ class ParityChecks:
 
             ref, mask = self.reference_logits(device)
             in_dtype, _ = self.reference_logits(device, dtype)
-            common = dict(technique=f"{self.session.reference.name}", reference_name=self.session.reference.name,
-                          device=device, dtype=dtype, reference_dtype=self.session.config.reference_dtype)
+            common = dict(
+                technique=f"{self.session.reference.name}",
+                reference_name=self.session.reference.name,
+                device=device,
+                dtype=dtype,
+                reference_dtype=self.session.config.reference_dtype,
+            )
             loose = Tolerance(min_top1=None)
             dtype_noise = compare_logits(ref, in_dtype, mask, loose, **common)  # type: ignore[arg-type]
             solo = torch.zeros_like(in_dtype)
@@ -118,8 +125,15 @@ class ParityChecks:
         batch = encode(self.tokenizer, self.prompts, case.device)
         logits = forward_logits(model if model is not None else self.model(case), batch, case.technique)
         result = compare_logits(
-            ref, logits, mask, tolerance, technique=case.technique.name, reference_name=self.session.reference.name,
-            device=case.device, dtype=case.dtype, reference_dtype=self.session.config.reference_dtype,
+            ref,
+            logits,
+            mask,
+            tolerance,
+            technique=case.technique.name,
+            reference_name=self.session.reference.name,
+            device=case.device,
+            dtype=case.dtype,
+            reference_dtype=self.session.config.reference_dtype,
             prompts=self.prompts,
         )
         result.floor = floor.to_dict() if floor else None
@@ -133,9 +147,17 @@ class ParityChecks:
 
         tolerance, floor = self.tolerance(case)
         pairs = padding_parity(
-            self.reference_solo(case.device), self.model(case), self.tokenizer, self.prompts, case.technique,
-            tolerance, parse_sweep(self.session.config.padding), reference_name=self.session.reference.name,
-            device=case.device, dtype=case.dtype, reference_dtype=self.session.config.reference_dtype,
+            self.reference_solo(case.device),
+            self.model(case),
+            self.tokenizer,
+            self.prompts,
+            case.technique,
+            tolerance,
+            parse_sweep(self.session.config.padding),
+            reference_name=self.session.reference.name,
+            device=case.device,
+            dtype=case.dtype,
+            reference_dtype=self.session.config.reference_dtype,
         )
         results = []
         for _, result in pairs:
@@ -162,9 +184,17 @@ class ParityChecks:
         for n in lengths:
             candidate = greedy_generate(model, self.tokenizer, batch, case.technique, n)
             result = compare_generations(
-                reference, candidate, self.tokenizer, near_tie=tolerance.tie_margin, new_tokens=n,
-                technique=case.technique.name, reference_name=s.reference.name, device=case.device,
-                dtype=case.dtype, reference_dtype=s.config.reference_dtype, prompts=self.prompts,
+                reference,
+                candidate,
+                self.tokenizer,
+                near_tie=tolerance.tie_margin,
+                new_tokens=n,
+                technique=case.technique.name,
+                reference_name=s.reference.name,
+                device=case.device,
+                dtype=case.dtype,
+                reference_dtype=s.config.reference_dtype,
+                prompts=self.prompts,
             )
             results.append(self._record(result))
         return results
@@ -192,10 +222,15 @@ class ParityChecks:
         ref_dtype = self.session.config.reference_dtype
         try:
             return first_divergence(
-                self.model(self._ref_case(case.device)), self.session.reference,
-                model if model is not None else self.model(case), case.technique,
-                encode(self.tokenizer, self.prompts, case.device), case.dtype,
-                reference_in_dtype=self.model(self._ref_case(case.device, case.dtype)) if case.dtype != ref_dtype else None,
+                self.model(self._ref_case(case.device)),
+                self.session.reference,
+                model if model is not None else self.model(case),
+                case.technique,
+                encode(self.tokenizer, self.prompts, case.device),
+                case.dtype,
+                reference_in_dtype=self.model(self._ref_case(case.device, case.dtype))
+                if case.dtype != ref_dtype
+                else None,
             )
         except Exception as exc:  # localization is a diagnosis: never let it hide the parity failure
             return f"(could not localize the divergence: {type(exc).__name__}: {exc})"
@@ -215,4 +250,3 @@ def _assert(results: list[Any]) -> list[Any]:
     if failed:
         pytest.fail("\n\n".join(r.message() for r in failed), pytrace=False)
     return results
-

@@ -54,24 +54,83 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", "model to test: a local directory or a hub id (default: the embedded tiny model)", "", metavar="PATH|ID"),
-    Option("device", "device(s) to run on, comma-separated: auto, cpu, cuda, cuda:1, xpu, mps (default: auto)", ["auto"], "list", "DEVICE[,DEVICE]"),
-    Option("dtype", "dtype(s) to test, comma-separated: float32, bfloat16, float16 (default: float32)", ["float32"], "list", "DTYPE[,DTYPE]"),
-    Option("technique", "techniques or families to test, comma-separated; 'all' for every one (default: all)", ["all"], "list", "NAME[,NAME]"),
-    Option("suite", "bundled suites to collect, comma-separated: parity, generation, perf, all (default: none)", [], "list", "SUITE[,SUITE]"),
+    Option(
+        "model",
+        "model to test: a local directory or a hub id (default: the embedded tiny model)",
+        "",
+        metavar="PATH|ID",
+    ),
+    Option(
+        "device",
+        "device(s) to run on, comma-separated: auto, cpu, cuda, cuda:1, xpu, mps (default: auto)",
+        ["auto"],
+        "list",
+        "DEVICE[,DEVICE]",
+    ),
+    Option(
+        "dtype",
+        "dtype(s) to test, comma-separated: float32, bfloat16, float16 (default: float32)",
+        ["float32"],
+        "list",
+        "DTYPE[,DTYPE]",
+    ),
+    Option(
+        "technique",
+        "techniques or families to test, comma-separated; 'all' for every one (default: all)",
+        ["all"],
+        "list",
+        "NAME[,NAME]",
+    ),
+    Option(
+        "suite",
+        "bundled suites to collect, comma-separated: parity, generation, perf, all (default: none)",
+        [],
+        "list",
+        "SUITE[,SUITE]",
+    ),
     Option("reference", "technique the others are compared with (default: eager)", "eager", metavar="NAME"),
     Option("reference_dtype", "dtype of the reference run (default: float32)", "float32", metavar="DTYPE"),
     Option("strict", "fail instead of skip when a selected technique cannot run on this stack", False, "bool"),
     Option("trust_remote_code", "allow the model's own Python code to run (off by default)", False, "bool"),
     Option("allow_pickle", "allow pickle (.bin) checkpoints; only safetensors are loaded otherwise", False, "bool"),
-    Option("cache_dir", "cache directory for compile caches and built models (default: ~/.cache/pytest-infer)", "", metavar="DIR"),
+    Option(
+        "cache_dir",
+        "cache directory for compile caches and built models (default: ~/.cache/pytest-infer)",
+        "",
+        metavar="DIR",
+    ),
     Option("prompts", "prompt file: one prompt per line, UTF-8 (default: the bundled prompt set)", "", metavar="FILE"),
     Option("max_models", "how many loaded models to keep resident before evicting the oldest", 2, "int", "N"),
-    Option("tolerance_mode", "how default bounds are set: floor (tightened to the measured noise of the reference) or fixed (the per-dtype table)", "floor", metavar="MODE", choices=("floor", "fixed")),
-    Option("new_tokens", "greedy tokens generated for generation parity, comma-separated: each length is a separate generate call", ["16", "64"], "list", "N[,N]"),
-    Option("padding", "padding sweep of the padded-batch check: 'left:N,N;right:N'", "left:0,1,7,32;right:0,7", metavar="SWEEP"),
-    Option("report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"),
-    Option("tolerance", "tolerance overrides, ';'-separated: [TECHNIQUE:][DTYPE:]metric=value,... e.g. 'sdpa:bfloat16:max_abs=0.2'", [], "list", "SPEC"),
+    Option(
+        "tolerance_mode",
+        "how default bounds are set: floor (tightened to the measured noise of the reference) or fixed (the per-dtype table)",
+        "floor",
+        metavar="MODE",
+        choices=("floor", "fixed"),
+    ),
+    Option(
+        "new_tokens",
+        "greedy tokens generated for generation parity, comma-separated: each length is a separate generate call",
+        ["16", "64"],
+        "list",
+        "N[,N]",
+    ),
+    Option(
+        "padding",
+        "padding sweep of the padded-batch check: 'left:N,N;right:N'",
+        "left:0,1,7,32;right:0,7",
+        metavar="SWEEP",
+    ),
+    Option(
+        "report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"
+    ),
+    Option(
+        "tolerance",
+        "tolerance overrides, ';'-separated: [TECHNIQUE:][DTYPE:]metric=value,... e.g. 'sdpa:bfloat16:max_abs=0.2'",
+        [],
+        "list",
+        "SPEC",
+    ),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -134,7 +193,9 @@ def normalize_dtype(name: str) -> str:
     n = name.strip().lower().removeprefix("torch.")
     n = DTYPE_ALIASES.get(n, n)
     if n not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; valid choices: {', '.join(DTYPES)} (aliases: {', '.join(DTYPE_ALIASES)})")
+        raise ConfigError(
+            f"unknown dtype {name!r}; valid choices: {', '.join(DTYPES)} (aliases: {', '.join(DTYPE_ALIASES)})"
+        )
     return n
 
 
@@ -155,9 +216,7 @@ def _coerce(opt: Option, raw: Any, source: str) -> Any:
     return str(raw).strip()
 
 
-def resolve_raw(
-    cli: Callable[[str], Any], ini: Callable[[str], Any]
-) -> tuple[dict[str, Any], dict[str, str]]:
+def resolve_raw(cli: Callable[[str], Any], ini: Callable[[str], Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Pick each option's value: command line, then ini, then default. ``cli``/``ini`` return None/"" when unset."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

@@ -44,7 +44,9 @@ class NoiseFloor:
 
     def describe(self) -> str:
         source = "dtype" if self.dtype_max_abs >= self.batch_max_abs else "batch composition"
-        return f"noise floor {self.dtype}/{self.device}: max_abs {self.max_abs:.3g} ({source}), max_kl {self.max_kl:.2g}"
+        return (
+            f"noise floor {self.dtype}/{self.device}: max_abs {self.max_abs:.3g} ({source}), max_kl {self.max_kl:.2g}"
+        )
 
 
 def measure_floor(dtype_noise: LogitParityResult, batch_noise: LogitParityResult, flip_margin: float) -> NoiseFloor:

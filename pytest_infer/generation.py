@@ -50,6 +50,9 @@ def greedy_generate(model: Any, tokenizer: Any, batch: Batch, technique: Techniq
 
     if technique.runner == "generate_batch":
         return generate_batch(model, tokenizer, batch, technique, new_tokens)
+    if not technique.padded_batches and batch.input_ids.shape[0] > 1:
+        # kernels without mask support (SDPA flash/cuDNN pinned): each prompt alone, unpadded
+        return _join([greedy_generate(model, tokenizer, one, technique, new_tokens) for one in _rows(batch)])
     kwargs = {
         "max_new_tokens": new_tokens,
         "eos_token_id": never_token(model, tokenizer),
@@ -64,6 +67,22 @@ def greedy_generate(model: Any, tokenizer: Any, batch: Batch, technique: Techniq
     prompt_len = batch.input_ids.shape[1]
     tokens = out.sequences[:, prompt_len:].tolist()
     return Generated(tokens, _margins(out.scores))
+
+
+def _rows(batch: Batch) -> list[Batch]:
+    from pytest_infer.models import Batch as B
+
+    out = []
+    for b in range(batch.input_ids.shape[0]):
+        real = batch.attention_mask[b].bool()
+        ids = batch.input_ids[b, real].unsqueeze(0)
+        out.append(B(ids, batch.attention_mask[b, real].unsqueeze(0), batch.prompts[b : b + 1]))
+    return out
+
+
+def _join(parts: list[Generated]) -> Generated:
+    margins = None if any(p.margins is None for p in parts) else [m for p in parts for m in p.margins or []]
+    return Generated([t for p in parts for t in p.tokens], margins)
 
 
 def never_token(model: Any, tokenizer: Any) -> int:
@@ -95,14 +114,18 @@ def generate_batch(model: Any, tokenizer: Any, batch: Batch, technique: Techniqu
     import torch
     from transformers import GenerationConfig
 
-    inputs = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids.cpu(), batch.attention_mask.cpu())]
+    inputs = [
+        ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids.cpu(), batch.attention_mask.cpu(), strict=False)
+    ]
     gen_config = GenerationConfig(
         max_new_tokens=new_tokens,
         do_sample=False,
         eos_token_id=never_token(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.inference_mode(), technique.active():
+    # Not under torch.inference_mode(): with Transformers 5.17 the batching worker thread then fails to
+    # reset its static tensors (docs/stacks/h200.md, finding 3); generate_batch manages grad mode itself.
+    with torch.no_grad(), technique.active():
         outputs = model.generate_batch(
             inputs=inputs, generation_config=gen_config, continuous_batching_config=cb_config(), progress_bar=False
         )
@@ -237,10 +260,10 @@ def compare_generations(
 ) -> GenerationParityResult:
     """Compare the first ``new_tokens`` greedy tokens of each row."""
     rows: list[GenerationRow] = []
-    for b, (ref, cand) in enumerate(zip(reference.tokens, candidate.tokens)):
+    for b, (ref, cand) in enumerate(zip(reference.tokens, candidate.tokens, strict=False)):
         ref, cand = ref[:new_tokens], cand[:new_tokens]
         row = GenerationRow(row=b, status="match", compared=min(len(ref), len(cand)))
-        for step, (rt, ct) in enumerate(zip(ref, cand)):
+        for step, (rt, ct) in enumerate(zip(ref, cand, strict=False)):
             if rt == ct:
                 continue
             ref_margin = reference.margins[b][step] if reference.margins else None

@@ -103,7 +103,7 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
             text += " -- this model needs its own code: pass --infer-trust-remote-code if you trust it"
         raise ModelLoadError(f"loading {source.label} with {technique.name} ({dtype}) failed: {text}") from exc
     if "device_map" not in kwargs:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' overloads of .to()
     model.eval()
     effective = getattr(model.config, "_attn_implementation", None)
     if technique.effective_attention is not None and effective not in technique.effective_attention:

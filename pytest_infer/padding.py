@@ -65,7 +65,9 @@ def padded_batch(tokenizer: Any, prompts: Sequence[str], point: PadPoint, device
     return Batch(torch.tensor(rows, device=device), torch.tensor(masks, device=device), tuple(prompts))
 
 
-def solo_logits(model: Any, tokenizer: Any, prompts: Sequence[str], technique: Technique, device: str) -> list[torch.Tensor]:
+def solo_logits(
+    model: Any, tokenizer: Any, prompts: Sequence[str], technique: Technique, device: str
+) -> list[torch.Tensor]:
     """Each prompt run alone (batch of one, no padding): ``[positions, vocab]`` per prompt."""
     import torch
 

@@ -106,7 +106,9 @@ class LogitParityResult:
             op = ">=" if bound in _LOWER_BOUNDS else "<="
             ok = _within(m[metric], limit, lower=bound in _LOWER_BOUNDS)
             fmt = ".7g" if metric == "cosine" else ".4g"
-            lines.append(f"  {metric:<10} {m[metric]:>12{fmt}} {op + ' ' + format(limit, fmt):>14}  {'ok' if ok else 'FAIL'}")
+            lines.append(
+                f"  {metric:<10} {m[metric]:>12{fmt}} {op + ' ' + format(limit, fmt):>14}  {'ok' if ok else 'FAIL'}"
+            )
         for failure in self.failures:
             lines.append(f"  - {failure}")
         if self.floor:

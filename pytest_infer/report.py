@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,12 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def report_document(
-    stack: Mapping[str, Any], config: Mapping[str, Any], results: list[Mapping[str, Any]],
-    outcomes: list[Mapping[str, Any]], duration_s: float, versions: Mapping[str, str],
+    stack: Mapping[str, Any],
+    config: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    outcomes: Sequence[Mapping[str, Any]],
+    duration_s: float,
+    versions: Mapping[str, str],
 ) -> dict[str, Any]:
     """The JSON report (schema version :data:`SCHEMA_VERSION`, documented in docs/report-schema.md)."""
     return {

@@ -53,10 +53,11 @@ class InferSession:
         self.results: list[dict[str, Any]] = []
         self._cache: ModelCache | None = None
         self.suite_files: set[Path] = set()
+        self.selected: list[Technique] = []
         self.outcomes: list[dict[str, Any]] = []
         self._started = time.perf_counter()
-        self._active = bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(
-            s != "default" for s in cfg.sources.values()
+        self._active = (
+            bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(s != "default" for s in cfg.sources.values())
         )
 
     # --- construction -------------------------------------------------------------------------
@@ -115,7 +116,9 @@ class InferSession:
         self.suite_files = {folder / SUITE_FILES[s] for s in self.config.suites}
         missing = [str(f) for f in self.suite_files if not f.is_file()]
         if missing:
-            raise pytest.UsageError(f"pytest-infer: bundled suite file(s) missing from the install: {', '.join(missing)}")
+            raise pytest.UsageError(
+                f"pytest-infer: bundled suite file(s) missing from the install: {', '.join(missing)}"
+            )
         args = self.pytest_config.args
         if self.pytest_config.args_source != pytest.Config.ArgsSource.ARGS:
             args[:] = []  # `pytest --infer-suite parity` runs the suite, not the whole test tree
@@ -176,7 +179,9 @@ class InferSession:
         return self.registry.get(self.config.reference)
 
     def cases(self, family: str | None = None) -> list[Case]:
-        techniques = [t for t in self.selected if family is None or t.family == family or family in _families(t, self.registry)]
+        techniques = [
+            t for t in self.selected if family is None or t.family == family or family in _families(t, self.registry)
+        ]
         return [Case(t, d, dt) for d in self.devices for dt in self.config.dtypes for t in techniques]
 
     def tolerance(self, case: Case, node: pytest.Item | None = None, floor: NoiseFloor | None = None) -> Tolerance:
@@ -255,7 +260,13 @@ class InferSession:
             check = CHECKS.get(metafunc.function.__name__)
             params = [pytest.param(c, id=c.id, marks=self._marks(c, check)) for c in cases]
             if not params:
-                params = [pytest.param(None, id="none", marks=pytest.mark.skip(reason=f"no {family or ''} technique selected".replace("  ", " ")))]
+                params = [
+                    pytest.param(
+                        None,
+                        id="none",
+                        marks=pytest.mark.skip(reason=f"no {family or ''} technique selected".replace("  ", " ")),
+                    )
+                ]
             metafunc.parametrize(argname, params)
             return
 
@@ -296,7 +307,11 @@ class InferSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            entry: dict[str, Any] = {"nodeid": report.nodeid, "outcome": report.outcome, "duration_s": round(report.duration, 4)}
+            entry: dict[str, Any] = {
+                "nodeid": report.nodeid,
+                "outcome": report.outcome,
+                "duration_s": round(report.duration, 4),
+            }
             if hasattr(report, "wasxfail"):
                 entry["outcome"] = "xfailed" if report.skipped else "xpassed"
                 entry["reason"] = report.wasxfail
@@ -314,8 +329,14 @@ class InferSession:
         from pytest_infer.report import report_document, write_atomically
 
         stack = self.stack.to_dict() if self._active or self.results else {}
-        doc = report_document(stack, self.config.to_dict(), self.results, self.outcomes,
-                              time.perf_counter() - self._started, {"pytest-infer": __version__})
+        doc = report_document(
+            stack,
+            self.config.to_dict(),
+            self.results,
+            self.outcomes,
+            time.perf_counter() - self._started,
+            {"pytest-infer": __version__},
+        )
         write_atomically(self.config.report, doc)
 
     def close(self) -> None:
@@ -358,8 +379,12 @@ def _read_prompts(path: str) -> tuple[str, ...]:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise infer_config.ConfigError(f"--infer-prompts {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise infer_config.ConfigError(
+            f"--infer-prompts {path}: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
     prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
     if not prompts:
-        raise infer_config.ConfigError(f"--infer-prompts {path}: no prompts (one prompt per line, '#' starts a comment)")
+        raise infer_config.ConfigError(
+            f"--infer-prompts {path}: no prompts (one prompt per line, '#' starts a comment)"
+        )
     return prompts

@@ -24,8 +24,18 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 TRACKED_PACKAGES: tuple[str, ...] = (
-    "torch", "transformers", "accelerate", "flash-attn", "flash-attn-3", "flash-attn-4", "bitsandbytes",
-    "kernels", "torchao", "optimum-quanto", "hqq", "triton",
+    "torch",
+    "transformers",
+    "accelerate",
+    "flash-attn",
+    "flash-attn-3",
+    "flash-attn-4",
+    "bitsandbytes",
+    "kernels",
+    "torchao",
+    "optimum-quanto",
+    "hqq",
+    "triton",
 )
 DEVICE_KINDS = ("cuda", "rocm", "xpu", "mps", "cpu")
 ACCEPTED_DEVICE_SPECS = "auto, cpu, cuda, cuda:N, xpu, xpu:N, mps"
@@ -67,7 +77,7 @@ def _cc_str(cc: tuple[int, int] | None) -> str | None:
 def _cc_parse(v: Any) -> tuple[int, int] | None:
     if v is None:
         return None
-    major, minor = (str(v).split(".") + ["0"])[:2] if isinstance(v, str) else v
+    major, minor = ([*str(v).split("."), "0"])[:2] if isinstance(v, str) else v
     return int(major), int(minor)
 
 
@@ -99,8 +109,7 @@ class Stack:
         object.__setattr__(self, "compute_capability", _cc_parse(self.compute_capability))
 
     def __hash__(self) -> int:
-        return hash(tuple((k, v) for k, v in self.to_dict().items() if k != "packages")
-                    + tuple(self.packages.items()))
+        return hash(tuple((k, v) for k, v in self.to_dict().items() if k != "packages") + tuple(self.packages.items()))
 
     def version(self, pkg: str) -> str | None:
         """Recorded version of ``pkg``; packages not recorded are looked up live."""
@@ -112,13 +121,21 @@ class Stack:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "device_kind": self.device_kind, "device_name": self.device_name,
+            "device_kind": self.device_kind,
+            "device_name": self.device_name,
             "compute_capability": _cc_str(self.compute_capability),
-            "device_count": self.device_count, "device_memory_bytes": self.device_memory_bytes,
-            "driver_version": self.driver_version, "cuda_version": self.cuda_version,
-            "rocm_version": self.rocm_version, "cudnn_version": self.cudnn_version,
-            "python": self.python, "platform": self.platform, "packages": dict(self.packages),
-            "machine": self.machine, "cpu_name": self.cpu_name, "cpu_count": self.cpu_count,
+            "device_count": self.device_count,
+            "device_memory_bytes": self.device_memory_bytes,
+            "driver_version": self.driver_version,
+            "cuda_version": self.cuda_version,
+            "rocm_version": self.rocm_version,
+            "cudnn_version": self.cudnn_version,
+            "python": self.python,
+            "platform": self.platform,
+            "packages": dict(self.packages),
+            "machine": self.machine,
+            "cpu_name": self.cpu_name,
+            "cpu_count": self.cpu_count,
             "host_memory_bytes": self.host_memory_bytes,
         }
 
@@ -141,9 +158,16 @@ class Stack:
         head = f"infer stack: {self.device_kind} {self.device_name}"
         parts = [head + (f" ({inner})" if inner else "")]
         if self.device_kind != "cpu":
-            build = [f"{label} {v}" for label, v in (
-                ("driver", self.driver_version), ("cuda", self.cuda_version),
-                ("rocm", self.rocm_version), ("cudnn", self.cudnn_version)) if v]
+            build = [
+                f"{label} {v}"
+                for label, v in (
+                    ("driver", self.driver_version),
+                    ("cuda", self.cuda_version),
+                    ("rocm", self.rocm_version),
+                    ("cudnn", self.cudnn_version),
+                )
+                if v
+            ]
             if build:
                 parts.append(" ".join(build))
         pkgs = " ".join(f"{k} {v}" for k, v in self.packages.items() if v)
@@ -171,9 +195,14 @@ class Stack:
         kind = match.group(1) if match else None
         if kind == "cpu":
             return replace(
-                self, device_kind="cpu", device_name=self.cpu_name or self.machine,
-                compute_capability=None, device_count=1,
-                device_memory_bytes=self.host_memory_bytes, driver_version=None)
+                self,
+                device_kind="cpu",
+                device_name=self.cpu_name or self.machine,
+                compute_capability=None,
+                device_count=1,
+                device_memory_bytes=self.host_memory_bytes,
+                driver_version=None,
+            )
         if kind in ("auto", self.device_kind) or (kind, self.device_kind) == ("cuda", "rocm"):
             return self
         raise ValueError(f"{device!r} is not a device of this {self.device_kind} stack")
@@ -222,7 +251,7 @@ def _cpu_count() -> int | None:
 def _probe(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except Exception:  # noqa: BLE001 - probing an odd machine must never raise
+    except Exception:
         return None
 
 
@@ -286,8 +315,10 @@ def validate_device(spec: str) -> str | None:
     """None if ``spec`` is usable here, else a one-line message listing valid choices."""
     match = _SPEC_RE.match(spec.strip())
     if not match:
-        return (f"invalid device {spec!r}: accepted forms are {ACCEPTED_DEVICE_SPECS}"
-                f" (available here: {', '.join(available_devices())})")
+        return (
+            f"invalid device {spec!r}: accepted forms are {ACCEPTED_DEVICE_SPECS}"
+            f" (available here: {', '.join(available_devices())})"
+        )
     kind, index = match.group(1), match.group(2)
     if kind in ("auto", "cpu"):
         return None if index is None else f"invalid device {spec!r}: use '{kind}' without an index"
@@ -304,8 +335,10 @@ def validate_device(spec: str) -> str | None:
         elif kind == "cuda":
             build += " has GPU support but sees no GPU; check the driver and CUDA_VISIBLE_DEVICES"
         check = "torch.backends.mps" if kind == "mps" else f"torch.{kind}"
-        return (f"{spec} requested but {check}.is_available() is False ({build});"
-                f" available: {', '.join(available_devices())}")
+        return (
+            f"{spec} requested but {check}.is_available() is False ({build});"
+            f" available: {', '.join(available_devices())}"
+        )
     if index is not None and int(index) >= n:
         have = ", ".join(f"{kind}:{i}" for i in range(n))
         return f"{spec} is not available: this machine has {have} only"
@@ -328,19 +361,22 @@ def detect_stack(device: str = "auto") -> Stack:
     i = int(idx or 0)
     cpu_name, host_mem = _cpu_name(), _host_memory()
     base = Stack(
-        device_kind="cpu", device_name=cpu_name, device_memory_bytes=host_mem,
+        device_kind="cpu",
+        device_name=cpu_name,
+        device_memory_bytes=host_mem,
         cuda_version=_probe(lambda: torch.version.cuda),
         rocm_version=_probe(lambda: torch.version.hip),
         cudnn_version=_probe(lambda: _cudnn_version(torch)),
         packages={p: package_version(p) for p in TRACKED_PACKAGES},
-        cpu_name=cpu_name, cpu_count=_cpu_count(), host_memory_bytes=host_mem,
+        cpu_name=cpu_name,
+        cpu_count=_cpu_count(),
+        host_memory_bytes=host_mem,
     )
     if kind == "cpu":
         return base
     if kind == "mps":
         mem = _probe(lambda: int(torch.mps.recommended_max_memory()))
-        return replace(base, device_kind="mps", device_name=cpu_name,
-                       device_memory_bytes=mem or host_mem)
+        return replace(base, device_kind="mps", device_name=cpu_name, device_memory_bytes=mem or host_mem)
     mod = getattr(torch, kind)
     props = _probe(lambda: mod.get_device_properties(i))
     rocm = kind == "cuda" and bool(base.rocm_version)
@@ -349,10 +385,13 @@ def detect_stack(device: str = "auto") -> Stack:
     if kind == "cuda" and not rocm:
         driver = _nvidia_driver()
     return replace(
-        base, device_kind="rocm" if rocm else kind,
+        base,
+        device_kind="rocm" if rocm else kind,
         device_name=_probe(lambda: str(mod.get_device_name(i))) or f"unknown {kind} device",
-        compute_capability=cc, device_count=_count(torch, kind),
-        device_memory_bytes=_probe(lambda: int(props.total_memory)), driver_version=driver,
+        compute_capability=cc,
+        device_count=_count(torch, kind),
+        device_memory_bytes=_probe(lambda: int(props.total_memory)),
+        driver_version=driver,
     )
 
 
@@ -419,7 +458,7 @@ class Requirements:
         for fn in self.custom:
             try:
                 reason = fn(stack)
-            except Exception as exc:  # noqa: BLE001 - a crashing check is reported, not raised
+            except Exception as exc:
                 return f"check {getattr(fn, '__name__', fn)!s} failed: {type(exc).__name__}: {exc}"
             if reason:
                 return reason
@@ -430,8 +469,9 @@ class Requirements:
         kinds = self.device_kinds & other.device_kinds
         if self.device_kinds and other.device_kinds and not kinds:
             mine, theirs = ("/".join(sorted(r.device_kinds)) for r in (self, other))
-            raise ValueError(f"contradictory requirements: {self._label()} needs {mine},"
-                             f" {other._label()} needs {theirs}")
+            raise ValueError(
+                f"contradictory requirements: {self._label()} needs {mine}, {other._label()} needs {theirs}"
+            )
         specs: dict[str, tuple[str, list[str]]] = {}
         for pkg, spec in self.packages + other.packages:
             parts = specs.setdefault(_norm(pkg), (pkg, []))[1]
@@ -463,7 +503,8 @@ class Requirements:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "device_kinds": sorted(self.device_kinds),
+            "name": self.name,
+            "device_kinds": sorted(self.device_kinds),
             "min_compute_capability": _cc_str(self.min_compute_capability),
             "packages": [[p, s] for p, s in self.packages],
             "min_device_count": self.min_device_count,
@@ -488,4 +529,3 @@ def _module_available(name: str) -> bool:
     except (ImportError, ValueError, AttributeError):
         return False
     return spec is not None
-

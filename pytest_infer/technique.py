@@ -118,10 +118,11 @@ def parse_tolerance_spec(spec: str) -> tuple[str | None, str | None, dict[str, f
             )
         raw = raw.strip()
         try:
-            values[key] = None if raw.lower() == "none" else float(raw)
+            number = None if raw.lower() == "none" else float(raw)
         except ValueError:
             raise TechniqueError(f"tolerance {spec!r}: {raw!r} is not a number (or 'none')") from None
-        if values[key] is not None and (math.isnan(values[key]) or values[key] < 0):  # type: ignore[arg-type]
+        values[key] = number
+        if number is not None and (math.isnan(number) or number < 0):
             raise TechniqueError(f"tolerance {spec!r}: {key} must be a non-negative number")
     if not values:
         raise TechniqueError(f"tolerance {spec!r}: no metric=value given")
@@ -278,8 +279,12 @@ class Technique:
             "name": self.name,
             "family": self.family,
             "description": self.description,
-            "load_kwargs": {k: repr(v) if not isinstance(v, (str, int, float, bool)) else v for k, v in self.load_kwargs.items()},
-            "generate_kwargs": {k: repr(v) if not isinstance(v, (str, int, float, bool)) else v for k, v in self.generate_kwargs.items()},
+            "load_kwargs": {
+                k: repr(v) if not isinstance(v, (str, int, float, bool)) else v for k, v in self.load_kwargs.items()
+            },
+            "generate_kwargs": {
+                k: repr(v) if not isinstance(v, (str, int, float, bool)) else v for k, v in self.generate_kwargs.items()
+            },
             "requirements": self.requirements.describe(),
             "runner": self.runner,
             "components": list(self.components),
@@ -293,9 +298,7 @@ def _merge_kwargs(kind: str, a: Technique, b: Technique, x: Mapping[str, Any], y
     out = dict(x)
     for k, v in y.items():
         if k in out and out[k] != v:
-            raise TechniqueError(
-                f"contradictory stack {a.name}+{b.name}: both set {kind} {k} ({out[k]!r} vs {v!r})"
-            )
+            raise TechniqueError(f"contradictory stack {a.name}+{b.name}: both set {kind} {k} ({out[k]!r} vs {v!r})")
         out[k] = v
     return out
 
@@ -312,7 +315,9 @@ def compose(a: Technique, b: Technique) -> Technique:
         raise TechniqueError(f"contradictory stack {a.name}+{b.name}: {exc}") from None
     for one, two in ((a, b), (b, a)):
         if one.runner == "multiprocess" and two.runner == "generate_batch":
-            raise TechniqueError(f"contradictory stack {a.name}+{b.name}: {one.name} runs ranks, {two.name} needs generate_batch")
+            raise TechniqueError(
+                f"contradictory stack {a.name}+{b.name}: {one.name} runs ranks, {two.name} needs generate_batch"
+            )
     if a.effective_attention and b.effective_attention and not (a.effective_attention & b.effective_attention):
         raise TechniqueError(f"contradictory stack {a.name}+{b.name}: two attention implementations")
     tolerances: dict[str, Tolerance | ByStack[Tolerance]] = dict(a.tolerances)

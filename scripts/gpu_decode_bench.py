@@ -17,10 +17,24 @@ import statistics
 import time
 from typing import Any
 
-BIG = dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=12,
-           num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024)
+BIG = dict(
+    hidden_size=1536,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=12,
+    num_key_value_heads=4,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    max_position_embeddings=1024,
+)
 
 
 class Timer:
@@ -102,14 +116,23 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         with torch.inference_mode():
             with timer.region(first):
-                model.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=never,
-                               pad_token_id=0, **kw)
+                model.generate(
+                    prompt, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=never, pad_token_id=0, **kw
+                )
             for _ in range(2):  # warm-up, excluded
-                model.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=never, pad_token_id=0, **kw)
+                model.generate(
+                    prompt, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=never, pad_token_id=0, **kw
+                )
             for _ in range(args.rounds):
                 with timer.region(times):
-                    model.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=never,
-                                   pad_token_id=0, **kw)
+                    model.generate(
+                        prompt,
+                        max_new_tokens=args.new_tokens,
+                        do_sample=False,
+                        eos_token_id=never,
+                        pad_token_id=0,
+                        **kw,
+                    )
         s = summary(times)
         doc["runs"][name] = {
             "first_call_s": first[0],
@@ -153,8 +176,11 @@ def main() -> None:
                 for _ in range(args.rounds):
                     with timer.region(times):
                         model(batch)
-            doc["prefill"][name] = {**summary(times), "tokens": int(batch.numel()),
-                                    "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None}
+            doc["prefill"][name] = {
+                **summary(times),
+                "tokens": int(batch.numel()),
+                "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+            }
         except Exception as exc:  # a backend this stack cannot run: record why
             doc["prefill"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
         print("prefill", name, json.dumps(doc["prefill"][name]), flush=True)

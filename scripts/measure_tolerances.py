@@ -33,23 +33,36 @@ def main() -> None:
     batch = encode(tok, prompts, args.device)
     eager = reg.get("eager")
     ref = forward_logits(load_model(src, eager, "float32", args.device), batch, eager)
-    print(f"{'dtype':<9} {'technique':<15} {'max_abs':>9} {'mean_abs':>9} {'max_kl':>9} {'mean_kl':>9} {'cosine':>9} {'top1':>6} {'flip_margin':>11}")
+    print(
+        f"{'dtype':<9} {'technique':<15} {'max_abs':>9} {'mean_abs':>9} {'max_kl':>9} {'mean_kl':>9} {'cosine':>9} {'top1':>6} {'flip_margin':>11}"
+    )
     for dtype in args.dtypes.split(","):
         for name in args.techniques.split(","):
             t = reg.get(name)
             if t.skip_reason(__import__("pytest_infer.stack", fromlist=["x"]).detect_stack(args.device), dtype):
                 continue
             logits = forward_logits(load_model(src, t, dtype, args.device), batch, t)
-            r = compare_logits(ref, logits, batch.attention_mask, Tolerance(min_top1=None), technique=name,
-                               reference_name="eager", device=args.device, dtype=dtype, reference_dtype="float32")
+            r = compare_logits(
+                ref,
+                logits,
+                batch.attention_mask,
+                Tolerance(min_top1=None),
+                technique=name,
+                reference_name="eager",
+                device=args.device,
+                dtype=dtype,
+                reference_dtype="float32",
+            )
             m = r.metrics
             real = batch.attention_mask.bool()
             rl, cl = ref[real], logits[real]
             top2 = rl.topk(2, dim=-1).values
             flips = rl.argmax(-1) != cl.argmax(-1)
             flip_margin = float((top2[:, 0] - top2[:, 1])[flips].max()) if flips.any() else float("nan")
-            print(f"{dtype:<9} {name:<15} {m['max_abs']:>9.3g} {m['mean_abs']:>9.3g} {m['max_kl']:>9.2g} "
-                  f"{m['mean_kl']:>9.2g} {m['cosine']:>9.6f} {1 - flips.float().mean().item():>6.3f} {flip_margin:>11.3g}")
+            print(
+                f"{dtype:<9} {name:<15} {m['max_abs']:>9.3g} {m['mean_abs']:>9.3g} {m['max_kl']:>9.2g} "
+                f"{m['mean_kl']:>9.2g} {m['cosine']:>9.6f} {1 - flips.float().mean().item():>6.3f} {flip_margin:>11.3g}"
+            )
             del logits
     torch.set_printoptions()
 

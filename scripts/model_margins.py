@@ -31,8 +31,14 @@ def main() -> None:
             ids = tok(p, return_tensors="pt")["input_ids"]
             top2 = model(input_ids=ids).logits[0].topk(2, dim=-1).values
             prompt_margins.extend((top2[:, 0] - top2[:, 1]).tolist())
-            out = model.generate(ids, max_new_tokens=args.new_tokens, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                ids,
+                max_new_tokens=args.new_tokens,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=tok.pad_token_id,
+            )
             for s in out.scores:
                 t2 = s[0].topk(2).values
                 gen_margins.append(float(t2[0] - t2[1]))

@@ -11,14 +11,24 @@ import os
 from pathlib import Path
 
 import pytest
-
 from _pytest import pytester as _pytester
 
 # The pytester fixture restores sys.modules when a test ends, dropping whatever the test imported.
 # torch's native extensions (and the operator libraries of torch._inductor, torch.distributed) cannot
 # be imported twice in one process, so modules of these packages are kept across that restore.
-_KEEP = {"torch", "transformers", "accelerate", "safetensors", "tokenizers", "huggingface_hub", "triton",
-         "sympy", "numpy", "functorch", "pytest_infer"}
+_KEEP = {
+    "torch",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "huggingface_hub",
+    "triton",
+    "sympy",
+    "numpy",
+    "functorch",
+    "pytest_infer",
+}
 _snapshot_init = _pytester.SysModulesSnapshot.__init__
 
 

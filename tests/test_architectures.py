@@ -14,8 +14,15 @@ from pytest_infer import architectures
 def test_suites_run_on_other_architectures(name: str, tmp_path_factory: pytest.TempPathFactory, run_infer) -> None:
     model = architectures.build(name, tmp_path_factory.getbasetemp() / "models")
     assert (Path(model) / "model.safetensors").is_file()
-    result = run_infer(f"--infer-model={model}", "--infer-suite", "parity,generation",
-                       "--infer-technique", "eager,sdpa,paged|sdpa", "--infer-new-tokens", "40")
+    result = run_infer(
+        f"--infer-model={model}",
+        "--infer-suite",
+        "parity,generation",
+        "--infer-technique",
+        "eager,sdpa,paged|sdpa",
+        "--infer-new-tokens",
+        "40",
+    )
     # 40 new tokens on prompts of up to 48 tokens: well past a sliding window of 16
     result.assert_outcomes(passed=7, skipped=2)
 

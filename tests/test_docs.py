@@ -12,7 +12,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_configuration_reference_matches_the_registered_options() -> None:
     text = (DOCS / "configuration.md").read_text()
     table = text.split("<!-- options:start -->\n", 1)[1].split("<!-- options:end -->", 1)[0]
-    assert table == options_markdown(), "docs/configuration.md is stale: regenerate with `python -m pytest_infer options`"
+    assert table == options_markdown(), (
+        "docs/configuration.md is stale: regenerate with `python -m pytest_infer options --update docs/configuration.md`"
+    )
 
 
 def test_technique_catalogue_lists_every_builtin() -> None:

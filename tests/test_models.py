@@ -42,8 +42,12 @@ def test_embedded_model_loads_through_from_pretrained() -> None:
 
 
 def test_silent_attention_fallback_is_caught() -> None:
-    liar = Technique(name="liar", family="custom", load_kwargs={"attn_implementation": "sdpa"},
-                     effective_attention=frozenset({"flash_attention_2"}))
+    liar = Technique(
+        name="liar",
+        family="custom",
+        load_kwargs={"attn_implementation": "sdpa"},
+        effective_attention=frozenset({"flash_attention_2"}),
+    )
     with pytest.raises(ModelLoadError, match="requested attention \\['flash_attention_2'\\] but the model runs 'sdpa'"):
         load_model(ModelSource(str(embedded_model_path())), liar, "float32", "cpu")
 
@@ -53,6 +57,6 @@ def test_pickle_only_checkpoint_is_refused(tmp_path) -> None:
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(ConfigError, match="only pickle weights .* --infer-allow-pickle"):
+    with pytest.raises(ConfigError, match=r"only pickle weights .* --infer-allow-pickle"):
         validate_model(str(tmp_path), tmp_path, allow_pickle=False)
     assert validate_model(str(tmp_path), tmp_path, allow_pickle=True) == str(tmp_path.resolve())

@@ -96,7 +96,10 @@ def test_repeated_flags_and_comma_lists_combine(pytester: pytest.Pytester, run_i
     ("args", "expected"),
     [
         (("--infer-technique", "sdpaa"), "unknown technique 'sdpaa' (did you mean sdpa"),
-        (("--infer-technique", "eager+sdpa"), "contradictory stack eager+sdpa: both set from_pretrained attn_implementation"),
+        (
+            ("--infer-technique", "eager+sdpa"),
+            "contradictory stack eager+sdpa: both set from_pretrained attn_implementation",
+        ),
         (("--infer-dtype", "int3"), "unknown dtype 'int3'; valid choices: float32, bfloat16, float16"),
         (("--infer-model", "./no/such/dir"), "--infer-model ./no/such/dir: no such directory"),
         (("--infer-device", "cuda:7"), "--infer-device cuda:7:"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -24,8 +23,19 @@ class Tok:
 
 
 def _compare(ref, cand, near_tie=0.5, n=4):
-    return compare_generations(ref, cand, Tok(), near_tie=near_tie, new_tokens=n, technique="t", reference_name="r",
-                               device="cpu", dtype="float32", reference_dtype="float32", prompts=["p0: ", "p1: "])
+    return compare_generations(
+        ref,
+        cand,
+        Tok(),
+        near_tie=near_tie,
+        new_tokens=n,
+        technique="t",
+        reference_name="r",
+        device="cpu",
+        dtype="float32",
+        reference_dtype="float32",
+        prompts=["p0: ", "p1: "],
+    )
 
 
 def test_identical_generations_match() -> None:
@@ -64,12 +74,16 @@ def test_short_candidate_fails() -> None:
 
 def test_floor_tightens_the_table_within_bounds() -> None:
     table = Tolerance(max_abs=1e-3, mean_abs=1e-4, max_kl=1e-6, tie_margin=1e-3)
-    floor = NoiseFloor("float32", "cpu", max_abs=2e-5, max_kl=1e-11, flip_margin=0.0, dtype_max_abs=0.0, batch_max_abs=2e-5)
+    floor = NoiseFloor(
+        "float32", "cpu", max_abs=2e-5, max_kl=1e-11, flip_margin=0.0, dtype_max_abs=0.0, batch_max_abs=2e-5
+    )
     tol = floor_tolerance(table, floor)
     assert tol.max_abs == pytest.approx(FLOOR_MULTIPLE * 2e-5)
     assert tol.max_kl == pytest.approx(1e-7)  # never below a tenth of the table
     assert tol.mean_abs == 1e-4  # means keep the table
-    loud = NoiseFloor("bfloat16", "cpu", max_abs=0.4, max_kl=1e-2, flip_margin=0.3, dtype_max_abs=0.4, batch_max_abs=0.1)
+    loud = NoiseFloor(
+        "bfloat16", "cpu", max_abs=0.4, max_kl=1e-2, flip_margin=0.3, dtype_max_abs=0.4, batch_max_abs=0.1
+    )
     tol = floor_tolerance(Tolerance(max_abs=1.5, max_kl=5e-2, tie_margin=0.4), loud)
     assert tol.max_abs == 1.5 and tol.max_kl == 5e-2  # never above the table
     assert tol.tie_margin == pytest.approx(0.6)  # twice the largest flip margin seen in the reference itself
@@ -150,4 +164,6 @@ def test_result_le_tolerance_and_assertrepr(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "pytest_infer")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*logit parity of mine does not stay within the tolerance:*", "*max_abs*0.5*<= 0.1*FAIL*"])
+    result.stdout.fnmatch_lines(
+        ["*logit parity of mine does not stay within the tolerance:*", "*max_abs*0.5*<= 0.1*FAIL*"]
+    )

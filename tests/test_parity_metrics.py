@@ -14,8 +14,18 @@ STRICT = Tolerance(max_abs=1e-3, mean_abs=1e-4, max_kl=1e-6, min_cosine=0.9999, 
 
 
 def _compare(ref, cand, mask, tol=STRICT, prompts=("first prompt", "second prompt")):
-    return compare_logits(ref, cand, mask, tol, technique="cand", reference_name="eager", device="cpu",
-                          dtype="float32", reference_dtype="float32", prompts=prompts)
+    return compare_logits(
+        ref,
+        cand,
+        mask,
+        tol,
+        technique="cand",
+        reference_name="eager",
+        device="cpu",
+        dtype="float32",
+        reference_dtype="float32",
+        prompts=prompts,
+    )
 
 
 @pytest.fixture

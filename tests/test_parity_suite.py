@@ -43,11 +43,19 @@ def test_parity_suite_passes_for_every_cpu_backend(run_infer) -> None:
         ]
     )
     # one line of stack in the header; a results section at the end
-    result.stdout.fnmatch_lines(["infer stack: cpu *torch 2.*transformers *", "*pytest-infer: technique x check*", "cpu *float32 *sdpa_math *pass *"])
+    result.stdout.fnmatch_lines(
+        [
+            "infer stack: cpu *torch 2.*transformers *",
+            "*pytest-infer: technique x check*",
+            "cpu *float32 *sdpa_math *pass *",
+        ]
+    )
 
 
 def test_half_precision_on_cpu(run_infer) -> None:
-    result = run_infer("--infer-suite", "parity", "--infer-dtype", "bfloat16,float16", "--infer-technique", "sdpa,sdpa_math")
+    result = run_infer(
+        "--infer-suite", "parity", "--infer-dtype", "bfloat16,float16", "--infer-technique", "sdpa,sdpa_math"
+    )
     result.assert_outcomes(passed=8)  # logits and padded batches, 2 techniques x 2 dtypes
 
 
@@ -114,4 +122,6 @@ def test_tolerance_marker_and_fixtures_used_directly(pytester: pytest.Pytester, 
     result = run_infer("-v", "--infer-technique", "attention")
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] >= 6 and outcomes.get("failed", 0) == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["*test_loose?cpu-float32-scaled_attention? PASSED*", "*test_family_fixture_ids?cpu-float32-sdpa? PASSED*"])
+    result.stdout.fnmatch_lines(
+        ["*test_loose?cpu-float32-scaled_attention? PASSED*", "*test_family_fixture_ids?cpu-float32-sdpa? PASSED*"]
+    )

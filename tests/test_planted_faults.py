@@ -85,19 +85,24 @@ def planted(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_mask_ignoring_attention_passes_unpadded_and_fails_padded(planted: pytest.Pytester, run_infer) -> None:
     (planted.path / "one.txt").write_text("Return the result of shifting the digits of the first operand\n")
-    result = run_infer("--infer-suite", "parity", "--infer-technique", "maskless", "--infer-prompts", "one.txt",
-                       "-k", "logit_parity")
+    result = run_infer(
+        "--infer-suite", "parity", "--infer-technique", "maskless", "--infer-prompts", "one.txt", "-k", "logit_parity"
+    )
     result.assert_outcomes(passed=1)  # one prompt: nothing to mask
 
     result = run_infer("--infer-suite", "parity", "--infer-technique", "maskless")
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(["*logit parity FAILED: maskless (float32)*", "*logit parity FAILED: maskless ?left+? padding? (float32)*"])
+    result.stdout.fnmatch_lines(
+        ["*logit parity FAILED: maskless (float32)*", "*logit parity FAILED: maskless ?left+? padding? (float32)*"]
+    )
 
 
 def test_nan_on_fully_masked_rows_is_found_with_row_and_position(planted: pytest.Pytester, run_infer) -> None:
     result = run_infer("--infer-suite", "parity", "--infer-technique", "nan_masked_rows", "-k", "padded")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*candidate logits contain NaN/Inf at * position(s) in row(s) *; first at row *, position * (* position)*"])
+    result.stdout.fnmatch_lines(
+        ["*candidate logits contain NaN/Inf at * position(s) in row(s) *; first at row *, position * (* position)*"]
+    )
 
 
 def test_perturbed_layer_is_named(planted: pytest.Pytester, run_infer) -> None:
@@ -109,13 +114,24 @@ def test_perturbed_layer_is_named(planted: pytest.Pytester, run_infer) -> None:
 
 
 def test_cache_wrong_past_a_length_fails_only_the_long_generation(planted: pytest.Pytester, run_infer) -> None:
-    result = run_infer("--infer-suite", "generation", "--infer-technique", "forgetful_cache", "--infer-new-tokens", "16,64")
+    result = run_infer(
+        "--infer-suite", "generation", "--infer-technique", "forgetful_cache", "--infer-new-tokens", "16,64"
+    )
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    assert "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 64" in out
+    assert (
+        "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 64" in out
+    )
     # the short run stays within the cache's limit and passes
-    assert "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 16" not in out
-    result.stdout.fnmatch_lines(["*row * diverged at step *: reference * (margin *) vs candidate * (margin *); near-tie threshold *; text so far: *"])
+    assert (
+        "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 16"
+        not in out
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*row * diverged at step *: reference * (margin *) vs candidate * (margin *); near-tie threshold *; text so far: *"
+        ]
+    )
 
 
 def test_untouched_backends_pass_padding_and_generation(run_infer) -> None:

@@ -31,10 +31,20 @@ def cuda_stack(
     pkgs: dict[str, str | None] = {"torch": "2.11.0+cu130", "transformers": "5.24.0"}
     pkgs.update(extra or {})
     return Stack(
-        device_kind="cuda", device_name=name, compute_capability=cc, device_count=count,
-        device_memory_bytes=80 * GIB, driver_version="570.86.10", cuda_version=cuda,
-        cudnn_version="9.10.2", python="3.11.7", platform="Linux-x86_64", packages=pkgs,
-        machine="x86_64", cpu_name="AMD EPYC 9654 96-Core Processor", cpu_count=16,
+        device_kind="cuda",
+        device_name=name,
+        compute_capability=cc,
+        device_count=count,
+        device_memory_bytes=80 * GIB,
+        driver_version="570.86.10",
+        cuda_version=cuda,
+        cudnn_version="9.10.2",
+        python="3.11.7",
+        platform="Linux-x86_64",
+        packages=pkgs,
+        machine="x86_64",
+        cpu_name="AMD EPYC 9654 96-Core Processor",
+        cpu_count=16,
         host_memory_bytes=128 * GIB,
     )
 
@@ -128,16 +138,23 @@ def test_key_is_filesystem_safe_and_distinguishes_stacks() -> None:
         assert len(k) <= 80
     assert keys[1] == "cuda-nvidia_h100_80gb_hbm3-cu13.0-torch2.11.0"
     assert len(set(keys)) == len(keys)
-    assert keys[0].startswith("cpu-") and keys[0].endswith(
-        "-torch" + str(st.package_version("torch")).split("+")[0])
+    assert keys[0].startswith("cpu-") and keys[0].endswith("-torch" + str(st.package_version("torch")).split("+")[0])
 
 
 def test_key_cpu_and_rocm() -> None:
-    cpu = Stack(device_kind="cpu", device_name="Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz",
-                machine="x86_64", packages={"torch": "2.13.0+cpu"})
+    cpu = Stack(
+        device_kind="cpu",
+        device_name="Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz",
+        machine="x86_64",
+        packages={"torch": "2.13.0+cpu"},
+    )
     assert cpu.key() == "cpu-x86_64-intel_xeon_platinum_8480-torch2.13.0"
-    rocm = Stack(device_kind="rocm", device_name="AMD Instinct MI300X",
-                 rocm_version="6.4.43482-0f2d60242", packages={"torch": "2.13.0+rocm6.4"})
+    rocm = Stack(
+        device_kind="rocm",
+        device_name="AMD Instinct MI300X",
+        rocm_version="6.4.43482-0f2d60242",
+        packages={"torch": "2.13.0+rocm6.4"},
+    )
     assert rocm.key() == "rocm-amd_instinct_mi300x-rocm6.4-torch2.13.0"
 
 
@@ -174,13 +191,16 @@ def test_validate_device_on_this_machine() -> None:
 def _fake_torch(n: int = 1, hip: str | None = None) -> Any:
     props = SimpleNamespace(total_memory=80 * GIB)
     cuda = SimpleNamespace(
-        is_available=lambda: n > 0, device_count=lambda: n,
-        get_device_name=lambda i: f"Fake GPU {i}", get_device_capability=lambda i: (8, 6),
+        is_available=lambda: n > 0,
+        device_count=lambda: n,
+        get_device_name=lambda i: f"Fake GPU {i}",
+        get_device_capability=lambda i: (8, 6),
         get_device_properties=lambda i: props,
     )
     cudnn = SimpleNamespace(is_available=lambda: True, version=lambda: 91002)
     return SimpleNamespace(
-        __version__="2.13.0+cu130", cuda=cuda,
+        __version__="2.13.0+cu130",
+        cuda=cuda,
         version=SimpleNamespace(cuda=None if hip else "13.0", hip=hip),
         backends=SimpleNamespace(cudnn=cudnn, mps=SimpleNamespace(is_available=lambda: False)),
     )
@@ -198,9 +218,7 @@ def test_fake_cuda_machine(monkeypatch: pytest.MonkeyPatch, fresh_cache: None) -
     assert st.detect_stack("cpu") == s.for_device("cpu")
 
 
-def test_fake_rocm_and_gpu_build_without_gpu(
-    monkeypatch: pytest.MonkeyPatch, fresh_cache: None
-) -> None:
+def test_fake_rocm_and_gpu_build_without_gpu(monkeypatch: pytest.MonkeyPatch, fresh_cache: None) -> None:
     monkeypatch.setattr(st, "_torch", lambda: _fake_torch(2, hip="6.4.1"))
     s = st.detect_stack("cuda:1")
     assert (s.device_kind, s.device_name, s.device_count) == ("rocm", "Fake GPU 1", 2)
@@ -244,8 +262,7 @@ def _reason(req: Requirements, s: Stack) -> str:
 
 def test_device_kind_reason() -> None:
     cpu = cuda_stack().for_device("cpu")
-    assert _reason(Requirements(device_kinds=frozenset({"cuda"})), cpu) == (
-        "needs a cuda device, running on cpu")
+    assert _reason(Requirements(device_kinds=frozenset({"cuda"})), cpu) == ("needs a cuda device, running on cpu")
     assert Requirements(device_kinds=frozenset({"cuda"})).check(cuda_stack()) is None
     assert Requirements().check(cpu) is None
 
@@ -269,9 +286,11 @@ def test_package_reasons() -> None:
     assert _reason(req, s) == "needs bitsandbytes>=0.45, found 0.44.1"
     assert req.check(cuda_stack(extra={"bitsandbytes": "0.46.0rc1"})) is None  # pre-release
     assert _reason(Requirements(packages=(("flash-attn", ""),)), s) == (
-        "flash-attn not installed (pip install flash-attn)")
+        "flash-attn not installed (pip install flash-attn)"
+    )
     assert _reason(Requirements(packages=(("flash_attn", ">=2.6"),)), s) == (
-        "flash_attn not installed (pip install 'flash_attn>=2.6')")
+        "flash_attn not installed (pip install 'flash_attn>=2.6')"
+    )
     bad = cuda_stack(extra={"hqq": "weird"})
     assert "not PEP 440" in _reason(Requirements(packages=(("hqq", ">=1"),)), bad)
     with pytest.raises(ValueError, match="invalid version specifier"):
@@ -282,11 +301,9 @@ def test_local_versions_match() -> None:
     cpu = Stack(device_kind="cpu", device_name="x", packages={"torch": "2.13.0+cpu"})
     assert Requirements(packages=(("torch", ">=2.5"),)).check(cpu) is None
     assert Requirements(packages=(("torch", "==2.13.0"),)).check(cpu) is None
-    nightly = Stack(device_kind="cpu", device_name="x",
-                    packages={"torch": "2.14.0.dev20260101+cu130"})
+    nightly = Stack(device_kind="cpu", device_name="x", packages={"torch": "2.14.0.dev20260101+cu130"})
     assert Requirements(packages=(("torch", ">=2.5,<3"),)).check(nightly) is None
-    assert _reason(Requirements(packages=(("torch", "<2.13"),)), cpu) == (
-        "needs torch<2.13, found 2.13.0+cpu")
+    assert _reason(Requirements(packages=(("torch", "<2.13"),)), cpu) == ("needs torch<2.13, found 2.13.0+cpu")
 
 
 def test_untracked_package_is_looked_up_live() -> None:
@@ -297,8 +314,7 @@ def test_untracked_package_is_looked_up_live() -> None:
 
 def test_python_modules() -> None:
     assert Requirements(python_modules=("json.decoder",)).check(T4) is None
-    assert _reason(Requirements(python_modules=("no_such_mod.sub",)), T4) == (
-        "module no_such_mod.sub not importable")
+    assert _reason(Requirements(python_modules=("no_such_mod.sub",)), T4) == ("module no_such_mod.sub not importable")
 
 
 def test_custom_checks_and_order() -> None:
@@ -318,8 +334,12 @@ def test_custom_checks_and_order() -> None:
     assert _reason(req, old) == "needs transformers 5"
     assert "crashes failed: KeyError" in _reason(Requirements(custom=(crashes,)), T4)
     # device kind is checked before everything else, capability before packages
-    full = Requirements(device_kinds=frozenset({"cuda"}), min_compute_capability=(9, 0),
-                        packages=(("no-such-dist-x", ""),), custom=(always,))
+    full = Requirements(
+        device_kinds=frozenset({"cuda"}),
+        min_compute_capability=(9, 0),
+        packages=(("no-such-dist-x", ""),),
+        custom=(always,),
+    )
     assert _reason(full, T4.for_device("cpu")).startswith("needs a cuda device")
     assert _reason(full, T4).startswith("needs compute capability")
     assert _reason(full, cuda_stack()).startswith("no-such-dist-x not installed")
@@ -329,12 +349,23 @@ def test_merge() -> None:
     def c1(s: Stack) -> str | None:
         return None
 
-    a = Requirements(device_kinds=frozenset({"cuda", "rocm"}), min_compute_capability=(8, 0),
-                     packages=(("bitsandbytes", ">=0.45"), ("torch", "")), custom=(c1,),
-                     python_modules=("json",), name="bnb")
-    b = Requirements(device_kinds=frozenset({"cuda"}), min_compute_capability=(9, 0),
-                     packages=(("bitsandbytes", "<1"), ("flash-attn", ">=2.6")),
-                     min_device_count=2, custom=(c1,), python_modules=("re",), name="fa")
+    a = Requirements(
+        device_kinds=frozenset({"cuda", "rocm"}),
+        min_compute_capability=(8, 0),
+        packages=(("bitsandbytes", ">=0.45"), ("torch", "")),
+        custom=(c1,),
+        python_modules=("json",),
+        name="bnb",
+    )
+    b = Requirements(
+        device_kinds=frozenset({"cuda"}),
+        min_compute_capability=(9, 0),
+        packages=(("bitsandbytes", "<1"), ("flash-attn", ">=2.6")),
+        min_device_count=2,
+        custom=(c1,),
+        python_modules=("re",),
+        name="fa",
+    )
     m = a.merge(b)
     assert m.device_kinds == {"cuda"}
     assert m.min_compute_capability == (9, 0) and m.min_device_count == 2
@@ -342,8 +373,7 @@ def test_merge() -> None:
     assert m.custom == (c1,) and m.python_modules == ("json", "re") and m.name == "bnb + fa"
     assert Requirements().merge(a).device_kinds == a.device_kinds
     assert m.describe() == (
-        "cuda, 2 devices, sm>=9.0, bitsandbytes>=0.45,<1, torch, flash-attn>=2.6,"
-        " module json, module re, check c1"
+        "cuda, 2 devices, sm>=9.0, bitsandbytes>=0.45,<1, torch, flash-attn>=2.6, module json, module re, check c1"
     )
     cpu_only = Requirements(device_kinds=frozenset({"cpu"}), name="cpu-offload")
     expected = "contradictory requirements: fa needs cuda, cpu-offload needs cpu"
@@ -352,8 +382,9 @@ def test_merge() -> None:
 
 
 def test_describe_and_to_dict() -> None:
-    req = Requirements(device_kinds=frozenset({"cuda"}), min_compute_capability=(8, 0),
-                       packages=(("flash-attn", ">=2.6"),))
+    req = Requirements(
+        device_kinds=frozenset({"cuda"}), min_compute_capability=(8, 0), packages=(("flash-attn", ">=2.6"),)
+    )
     assert req.describe() == "cuda, sm>=8.0, flash-attn>=2.6"
     assert Requirements().describe() == "any device"
     d = json.loads(json.dumps(req.to_dict()))

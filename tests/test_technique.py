@@ -30,7 +30,9 @@ def test_builtins_have_unique_names_and_known_families() -> None:
 
 
 def test_select_by_name_family_stack_and_all() -> None:
-    reg = Registry([_t("a", load_kwargs={"x": 1}), _t("b", family="caching", generate_kwargs={"cache_implementation": "static"})])
+    reg = Registry(
+        [_t("a", load_kwargs={"x": 1}), _t("b", family="caching", generate_kwargs={"cache_implementation": "static"})]
+    )
     assert [t.name for t in reg.select(["all"])] == ["a", "b"]
     assert [t.name for t in reg.select(["caching"])] == ["b"]
     stacked = reg.select(["a+b"])[0]
@@ -69,10 +71,15 @@ def test_stack_composes_requirements_contexts_and_tolerances() -> None:
         def __exit__(self, *exc: object) -> None:
             entered.append("/" + self.name)
 
-    a = _t("a", context=lambda: Ctx("a"), tolerances={"float32": Tolerance(max_abs=1e-3)},
-           requirements=Requirements(packages=(("torch", ">=2.0"),)))
-    b = _t("b", context=lambda: Ctx("b"), tolerances={"float32": Tolerance(max_abs=1e-2, max_kl=1e-4)},
-           runner="generate")
+    a = _t(
+        "a",
+        context=lambda: Ctx("a"),
+        tolerances={"float32": Tolerance(max_abs=1e-3)},
+        requirements=Requirements(packages=(("torch", ">=2.0"),)),
+    )
+    b = _t(
+        "b", context=lambda: Ctx("b"), tolerances={"float32": Tolerance(max_abs=1e-2, max_kl=1e-4)}, runner="generate"
+    )
     ab = compose(a, b)
     with ab.active():
         pass
@@ -92,7 +99,7 @@ def test_invalid_technique_definitions() -> None:
     with pytest.raises(TechniqueError, match="unknown runner"):
         Technique(name="x", family="custom", runner="thread")
     reg = Registry()
-    with pytest.raises(TechniqueError, match="expects a pytest_infer.Technique, got dict"):
+    with pytest.raises(TechniqueError, match=r"expects a pytest_infer\.Technique, got dict"):
         reg.add({"name": "x"})  # type: ignore[arg-type]
     reg.add(_t("x"))
     with pytest.raises(TechniqueError, match="already registered"):
@@ -114,8 +121,13 @@ def test_parse_tolerance_spec(spec: str, expected: tuple) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("sdpa:", "no metric=value"), ("max_abs=-1", "non-negative"), ("a:b:c:max_abs=1", "expected [TECHNIQUE:]"),
-     ("foo=1", "not metric=value"), ("max_abs=x", "not a number")],
+    [
+        ("sdpa:", "no metric=value"),
+        ("max_abs=-1", "non-negative"),
+        ("a:b:c:max_abs=1", "expected [TECHNIQUE:]"),
+        ("foo=1", "not metric=value"),
+        ("max_abs=x", "not a number"),
+    ],
 )
 def test_parse_tolerance_spec_errors(spec: str, message: str) -> None:
     with pytest.raises(TechniqueError, match=message.replace("[", r"\[")):
@@ -146,7 +158,10 @@ def test_expectations_pick_the_most_specific_stack() -> None:
 def test_skip_reason_includes_dtype_checks() -> None:
     reg = Registry(builtin_techniques())
     h100 = Stack(device_kind="cuda", device_name="H100", compute_capability=(9, 0), packages={"torch": "2.11.0"})
-    assert reg.get("sdpa_flash").skip_reason(h100, "float32") == "the SDPA flash backend runs float16/bfloat16 only on cuda, not float32"
+    assert (
+        reg.get("sdpa_flash").skip_reason(h100, "float32")
+        == "the SDPA flash backend runs float16/bfloat16 only on cuda, not float32"
+    )
     assert reg.get("sdpa_flash").skip_reason(h100, "bfloat16") is None
     t4 = Stack(device_kind="cuda", device_name="T4", compute_capability=(7, 5), packages={"torch": "2.11.0"})
     assert "needs compute capability >= 8.0, found 7.5" in reg.get("sdpa_cudnn").skip_reason(t4, "bfloat16")
