@@ -199,6 +199,19 @@ class ParityChecks:
             results.append(self._record(result))
         return results
 
+    def recompiles(self, case: Case) -> Any:
+        """The recompile guard (see :mod:`pytest_infer.recompile`) on a fresh load of the case's model."""
+        from pytest_infer.recompile import recompile_guard
+
+        self.session.cache.discard(self._key(case))  # warm-up must start from an uncompiled model
+        return self._record(
+            recompile_guard(self.model(case), self.tokenizer, self.prompts, case.technique, case.device, case.dtype)
+        )
+
+    def assert_no_recompiles(self, case: Case) -> Any:
+        with self._guard(case):
+            return _assert([self.recompiles(case)])[0]
+
     def assert_logits(self, case: Case, model: Any | None = None) -> LogitParityResult:
         with self._guard(case):
             return _assert([self.logits(case, model)])[0]

@@ -122,6 +122,21 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SWEEP",
     ),
     Option(
+        "baseline",
+        "technique the speed/memory of the others is measured against, in the same session (default: the reference)",
+        "",
+        metavar="NAME",
+    ),
+    Option("perf_new_tokens", "tokens generated per timed call in the perf suite (forced length)", 32, "int", "N"),
+    Option("perf_rounds", "timed rounds per technique (each paired with a baseline round)", 5, "int", "N"),
+    Option("perf_warmup", "untimed warm-up calls before the rounds (after the first, compiling, call)", 1, "int", "N"),
+    Option(
+        "compare_fail",
+        "fail a perf test whose metric regressed against the stored pytest-benchmark baseline: 'peak_memory:5%,tokens_per_s:10%'",
+        "",
+        metavar="METRIC:PCT[,...]",
+    ),
+    Option(
         "report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"
     ),
     Option(
@@ -156,6 +171,11 @@ class InferConfig:
     new_tokens: tuple[int, ...] = (16, 64)
     padding: str = "left:0,1,7,32;right:0,7"
     report: str = ""
+    baseline: str = ""
+    perf_new_tokens: int = 32
+    perf_rounds: int = 5
+    perf_warmup: int = 1
+    compare_fail: str = ""
     tolerance: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
@@ -210,8 +230,9 @@ def _coerce(opt: Option, raw: Any, source: str) -> Any:
             value = int(str(raw).strip())
         except ValueError:
             raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
-        if value < 1:
-            raise ConfigError(f"{what}: must be at least 1, got {value}")
+        minimum = 0 if opt.name == "perf_warmup" else 1
+        if value < minimum:
+            raise ConfigError(f"{what}: must be at least {minimum}, got {value}")
         return value
     return str(raw).strip()
 
@@ -322,6 +343,17 @@ def validate_report_path(path: str, rootdir: Path) -> str:
     return str(p)
 
 
+def validate_compare_fail(spec: str) -> str:
+    if spec:
+        from pytest_infer.bench import parse_compare_fail
+
+        try:
+            parse_compare_fail(spec)
+        except ValueError as exc:
+            raise ConfigError(f"--infer-compare-fail: {exc}") from None
+    return spec
+
+
 def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) -> InferConfig:
     """Validate what :func:`resolve_raw` picked; techniques and devices are validated by the session."""
     cache_dir = values["cache_dir"] or str(default_cache_dir())
@@ -343,6 +375,11 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) 
         new_tokens=validate_new_tokens(values["new_tokens"]),
         padding=validate_padding(values["padding"]),
         report=validate_report_path(values["report"], rootdir),
+        baseline=values["baseline"],
+        perf_new_tokens=values["perf_new_tokens"],
+        perf_rounds=values["perf_rounds"],
+        perf_warmup=values["perf_warmup"],
+        compare_fail=validate_compare_fail(values["compare_fail"]),
         tolerance=tuple(values["tolerance"]),
         sources=dict(sources),
     )

@@ -67,6 +67,14 @@ def infer_model_loader(infer_session: InferSession, infer_tokenizer: Any, infer_
 
 
 @pytest.fixture
+def infer_perf(infer_parity: ParityChecks, request: pytest.FixtureRequest) -> Any:
+    """Speed/memory checks bound to this test: ``infer_perf.assert_decode(case, benchmark)``."""
+    from pytest_infer.perf import PerfChecks
+
+    return PerfChecks(infer_parity.session, request.node, infer_parity)
+
+
+@pytest.fixture
 def infer_parity(
     infer_session: InferSession, request: pytest.FixtureRequest, infer_tokenizer: Any, infer_prompts: tuple[str, ...]
 ) -> ParityChecks:

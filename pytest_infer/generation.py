@@ -40,7 +40,9 @@ def _margins(scores: Sequence[torch.Tensor]) -> list[list[float]]:
     return (top2[..., 0] - top2[..., 1]).tolist()
 
 
-def greedy_generate(model: Any, tokenizer: Any, batch: Batch, technique: Technique, new_tokens: int) -> Generated:
+def greedy_generate(
+    model: Any, tokenizer: Any, batch: Batch, technique: Technique, new_tokens: int, *, scores: bool = True
+) -> Generated:
     """Greedy ``generate`` of exactly ``new_tokens`` tokens per prompt.
 
     The length is forced by an end-of-sequence id that no token can have (the vocabulary size), not by
@@ -52,21 +54,26 @@ def greedy_generate(model: Any, tokenizer: Any, batch: Batch, technique: Techniq
         return generate_batch(model, tokenizer, batch, technique, new_tokens)
     if not technique.padded_batches and batch.input_ids.shape[0] > 1:
         # kernels without mask support (SDPA flash/cuDNN pinned): each prompt alone, unpadded
-        return _join([greedy_generate(model, tokenizer, one, technique, new_tokens) for one in _rows(batch)])
+        return _join(
+            [greedy_generate(model, tokenizer, one, technique, new_tokens, scores=scores) for one in _rows(batch)]
+        )
+    from pytest_infer.technique import resolve_kwargs
+
+    needed = int(batch.input_ids.shape[1]) + new_tokens
     kwargs = {
         "max_new_tokens": new_tokens,
         "eos_token_id": never_token(model, tokenizer),
         "do_sample": False,
-        "output_scores": True,
+        "output_scores": scores,
         "return_dict_in_generate": True,
         "pad_token_id": tokenizer.pad_token_id,
-        **technique.generate_kwargs,
+        **resolve_kwargs(technique.generate_kwargs, needed_length=needed, device=str(batch.input_ids.device)),
     }
     with torch.inference_mode(), technique.active():
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     prompt_len = batch.input_ids.shape[1]
     tokens = out.sequences[:, prompt_len:].tolist()
-    return Generated(tokens, _margins(out.scores))
+    return Generated(tokens, _margins(out.scores) if scores else None)
 
 
 def _rows(batch: Batch) -> list[Batch]:

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pytest_infer.stack import Requirements, Stack
 
 # suite test function -> the check it runs
-CHECKS = {"test_logit_parity": "logits", "test_padded_batches": "padding", "test_generation_parity": "generation"}
+CHECKS = {
+    "test_logit_parity": "logits",
+    "test_padded_batches": "padding",
+    "test_generation_parity": "generation",
+    "test_no_recompiles_after_warmup": "recompile",
+}
 
 
 @dataclass(frozen=True)

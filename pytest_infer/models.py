@@ -94,7 +94,9 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
         "trust_remote_code": source.trust_remote_code,
         "use_safetensors": None if source.allow_pickle else True,
     }
-    kwargs.update(technique.load_kwargs)
+    from pytest_infer.technique import resolve_kwargs
+
+    kwargs.update(resolve_kwargs(technique.load_kwargs, device=device, dtype=dtype))
     try:
         model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
     except Exception as exc:

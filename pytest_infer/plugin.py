@@ -18,6 +18,8 @@ MARKERS = (
     "(max_abs, mean_abs, max_kl, mean_kl, min_cosine, min_top1, tie_margin)",
     "infer_techniques(*names): run this test only for these techniques, families or stacks",
     "infer_unsupported(reason): set by pytest-infer under --infer-strict on cases this stack cannot run",
+    "infer_speedup(min=X, stack=None): the decode speedup over the baseline this technique must show (perf suite)",
+    "infer_memory(max=X, stack=None, metric='weight_memory_ratio'): the memory ratio it must stay under (perf suite)",
 )
 
 
@@ -27,17 +29,26 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+def _h(text: str) -> str:
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("infer", "pytest-infer: parity, speed and memory of Transformers inference techniques")
     for opt in infer_config.OPTIONS:
         if opt.kind == "bool":
-            group.addoption(opt.flag, action="store_true", default=None, dest="infer_" + opt.name, help=opt.help)
+            group.addoption(opt.flag, action="store_true", default=None, dest="infer_" + opt.name, help=_h(opt.help))
         elif opt.kind == "list":
             group.addoption(
-                opt.flag, action="append", default=None, dest="infer_" + opt.name, metavar=opt.metavar, help=opt.help
+                opt.flag,
+                action="append",
+                default=None,
+                dest="infer_" + opt.name,
+                metavar=opt.metavar,
+                help=_h(opt.help),
             )
         else:
-            group.addoption(opt.flag, default=None, dest="infer_" + opt.name, metavar=opt.metavar, help=opt.help)
+            group.addoption(opt.flag, default=None, dest="infer_" + opt.name, metavar=opt.metavar, help=_h(opt.help))
         parser.addini(opt.ini, help=f"default for {opt.flag}: {opt.help}", type="string", default="")
 
 
@@ -50,6 +61,12 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_infer import fixtures
 
     config.pluginmanager.register(fixtures, "infer_fixtures")
+    if config.pluginmanager.hasplugin("benchmark") and ("perf" in session.config.suites or session.config.compare_fail):
+        from pytest_infer.bench import BenchmarkHooks, stack_storage
+
+        session.benchmark_hooks = BenchmarkHooks(session)
+        config.pluginmanager.register(session.benchmark_hooks, "infer_benchmark")
+        stack_storage(session, config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

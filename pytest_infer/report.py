@@ -11,7 +11,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-CHECK_COLUMNS = ("logits", "padding", "generation")
+CHECK_COLUMNS = ("logits", "padding", "generation", "speed")
 
 
 def _cell(results: list[Mapping[str, Any]]) -> str:
@@ -19,6 +19,12 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         return "-"
     passed = sum(bool(r.get("passed")) for r in results)
     verdict = "pass" if passed == len(results) else "FAIL"
+    if results[0].get("check") == "speed":
+        r = results[-1]
+        verdict = {"pass": "pass", "fail": "FAIL", "inconclusive": "?"}.get(r.get("verdict", ""), "?")
+        return f"{verdict} {r.get('metrics', {}).get('speedup', float('nan')):.2f}x"
+    if results[0].get("check") == "recompile":
+        return ""
     if results[0].get("check") == "generation":
         matched = sum(r.get("metrics", {}).get("matched_tokens", 0) for r in results)
         total = sum(r.get("new_tokens", 0) * len(r.get("rows", [])) for r in results)
@@ -38,9 +44,9 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     if not groups:
         return []
     width = max(len(k[2]) for k in groups) + 2
-    lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<19}" for c in CHECK_COLUMNS)]
+    lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<17}" for c in CHECK_COLUMNS)]
     for (device, dtype, technique), checks in groups.items():
-        cells = "".join(f"{_cell(checks.get(c, [])):<19}" for c in CHECK_COLUMNS)
+        cells = "".join(f"{_cell(checks.get(c, [])):<17}" for c in CHECK_COLUMNS)
         lines.append(f"{device:<7} {dtype:<9} {technique:<{width}}{cells}".rstrip())
     return lines
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pytest_infer.stack import Stack
 
 SESSION_KEY = pytest.StashKey["InferSession"]()
-CASE_ARGS = ("infer_case",)  # parametrized over every selected technique
+CASE_ARGS = ("infer_case", "infer_compiled_case")  # every selected technique / the compiled ones
 FAMILY_ARG_SUFFIX = "_technique"  # e.g. attention_technique: the attention family only
 SUITE_FILES = {"parity": "test_parity.py", "generation": "test_generation.py", "perf": "test_performance.py"}
 
@@ -54,6 +54,8 @@ class InferSession:
         self._cache: ModelCache | None = None
         self.suite_files: set[Path] = set()
         self.selected: list[Technique] = []
+        self.benchmark_hooks: Any = None
+        self.stack_mismatch = ""
         self.outcomes: list[dict[str, Any]] = []
         self._started = time.perf_counter()
         self._active = (
@@ -251,6 +253,8 @@ class InferSession:
             else:
                 continue
             cases = self.cases(family)
+            if argname == "infer_compiled_case":
+                cases = [c for c in cases if c.technique.compiled]
             marker = metafunc.definition.get_closest_marker("infer_techniques")
             if marker is not None:
                 allowed = {t.name for t in self.registry.select(marker.args)}
@@ -301,7 +305,7 @@ class InferSession:
             return
         from pytest_infer.report import summary_lines
 
-        terminalreporter.section("pytest-infer: technique x check (worst max_abs | tokens matched)")
+        terminalreporter.section("pytest-infer: technique x check")
         for line in summary_lines(self.results):
             terminalreporter.write_line(line)
 

@@ -207,6 +207,31 @@ def select_expectations(expectations: Iterable[Expectation], stack: Stack) -> li
     return [e for _, e in best.values()]
 
 
+class Lazy:
+    """A keyword-argument value built when it is used, not when the technique is defined (so defining
+    built-ins imports neither torch nor transformers). ``factory`` may take the run's context:
+    ``factory(needed_length=...)``."""
+
+    def __init__(self, factory: Callable[..., Any], description: str = "") -> None:
+        self.factory = factory
+        self.description = description or getattr(factory, "__name__", "lazy")
+
+    def resolve(self, **context: Any) -> Any:
+        import inspect
+
+        params = inspect.signature(self.factory).parameters
+        accepted = {k: v for k, v in context.items() if k in params}
+        return self.factory(**accepted)
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.description})"
+
+
+def resolve_kwargs(kwargs: Mapping[str, Any], **context: Any) -> dict[str, Any]:
+    """Keyword arguments with every :class:`Lazy` value built (``context`` is offered to the factories)."""
+    return {k: v.resolve(**context) if isinstance(v, Lazy) else v for k, v in kwargs.items()}
+
+
 ContextFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 Prepare = Callable[[Any], Any]  # model -> model (compile, kernelize...)
 
@@ -239,6 +264,7 @@ class Technique:
     dtype_check: Callable[[str, str], str | None] | None = None  # (device kind, dtype) -> reason
     effective_attention: frozenset[str] | None = None  # accepted config._attn_implementation after load
     padded_batches: bool = True  # False: prompts are run one at a time (kernels without mask support)
+    compiled: bool = False  # runs through torch.compile: the recompile guard applies
     components: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -375,6 +401,7 @@ def compose(a: Technique, b: Technique) -> Technique:
         dtype_check=dtype_check if checks else None,
         effective_attention=a.effective_attention or b.effective_attention,
         padded_batches=a.padded_batches and b.padded_batches,
+        compiled=a.compiled or b.compiled,
         components=a.components + b.components,
     )
 

@@ -43,15 +43,36 @@ suite() {  # name pythonpath-prefix timeout args...
   say "suite $name: exit $? ($(tail -1 "$OUT/pytest-$name.txt"))"
 }
 
-if [ -n "$CI_TF" ]; then
-  suite ci "$CI_TF" 300 --infer-suite parity,generation --infer-dtype bfloat16,float16,float32
-fi
-suite machine "" 150 --infer-suite parity,generation --infer-dtype bfloat16 \
-  --infer-technique eager,sdpa,sdpa_math,sdpa_flash,sdpa_efficient,sdpa_cudnn,paged\|sdpa
+PHASES=${GPU_CHECK_PHASES:-parity,perf,bench}
+has() { [[ ",$PHASES," == *",$1,"* ]]; }
 
-say "bench"
-BENCH_ARGS=()
-[ "$DEVICE" = cpu ] && BENCH_ARGS=(--tiny --device cpu --new-tokens 16 --prompt-len 16 --rounds 2)
-PYTHONPATH="${CI_TF}$PWD" timeout 240 $PY scripts/gpu_decode_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}" > "$OUT/bench.log" 2>&1
-say "bench: exit $?"
+if has parity; then
+  if [ -n "$CI_TF" ]; then
+    suite ci "$CI_TF" 300 --infer-suite parity,generation --infer-dtype bfloat16,float16,float32
+  fi
+  suite machine "" 150 --infer-suite parity,generation --infer-dtype bfloat16 \
+    --infer-technique eager,sdpa,sdpa_math,sdpa_flash,sdpa_efficient,sdpa_cudnn,paged\|sdpa
+fi
+
+if has perf || has perftiny; then
+  # the embedded model: compilation and caching techniques, parity and speed against sdpa + dynamic cache
+  suite perf-tiny "$CI_TF" 210 --infer-suite generation,perf --infer-dtype bfloat16 --infer-baseline sdpa \
+    --infer-technique "${GPU_CHECK_TECHNIQUES:-sdpa,static_cache,static_compile,static_compile_reduce_overhead,offloaded_cache}" \
+    --benchmark-json "$OUT/bench-tiny.json"
+fi
+if has perf; then
+  # a 0.7 B random-weight Llama for realistic ratios (speed only: random weights have no parity to check)
+  MODEL=$(PYTHONPATH="${CI_TF}$PWD" $PY -m pytest_infer.architectures llama-700m /tmp/infer-models 2>>"$LOG" | tail -1)
+  say "built $MODEL"
+  suite perf-700m "$CI_TF" 200 --infer-model "$MODEL" --infer-suite perf --infer-dtype bfloat16 --infer-baseline sdpa \
+    --infer-perf-new-tokens 64 --infer-technique sdpa,static_compile_reduce_overhead,offloaded_cache
+fi
+
+if has bench; then
+  say "bench"
+  BENCH_ARGS=()
+  [ "$DEVICE" = cpu ] && BENCH_ARGS=(--tiny --device cpu --new-tokens 16 --prompt-len 16 --rounds 2)
+  PYTHONPATH="${CI_TF}$PWD" timeout 240 $PY scripts/gpu_decode_bench.py --out "$OUT/bench.json" "${BENCH_ARGS[@]}" > "$OUT/bench.log" 2>&1
+  say "bench: exit $?"
+fi
 ls -la "$OUT" >> "$LOG"

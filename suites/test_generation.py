@@ -9,3 +9,8 @@ from __future__ import annotations
 
 def test_generation_parity(infer_case, infer_parity):
     infer_parity.assert_generation(infer_case)
+
+
+def test_no_recompiles_after_warmup(infer_compiled_case, infer_parity):
+    """Compiled techniques: after warm-up, new prompt lengths and new max_new_tokens do not recompile."""
+    infer_parity.assert_no_recompiles(infer_compiled_case)

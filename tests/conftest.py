@@ -46,6 +46,24 @@ _pytester.SysModulesSnapshot.__init__ = _keeping_heavy_modules  # type: ignore[m
 _CACHE = os.environ.get("PYTEST_INFER_TEST_CACHE") or str(Path.home() / ".cache" / "pytest-infer")
 
 # Sessions inside pytester run the real plugin; these flags keep their output predictable.
+_STRICT_WARNINGS = (
+    "error",
+    # deprecation chatter of torch/transformers that is not ours to fix
+    "ignore::DeprecationWarning:torch.*",
+    "ignore::FutureWarning:transformers.*",
+    "ignore::DeprecationWarning:transformers.*",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Warnings are errors in the plugin's own tests (and only there: see pyproject.toml)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            for spec in _STRICT_WARNINGS:
+                item.add_marker(pytest.mark.filterwarnings(spec))
+
+
 # one token (--flag=value): a separate path argument would take part in pytest's rootdir choice
 BASE_ARGS = ("-p", "pytest_infer", "-p", "no:cacheprovider", f"--infer-cache-dir={_CACHE}")
 

@@ -117,7 +117,7 @@ def test_cache_wrong_past_a_length_fails_only_the_long_generation(planted: pytes
     result = run_infer(
         "--infer-suite", "generation", "--infer-technique", "forgetful_cache", "--infer-new-tokens", "16,64"
     )
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=1, skipped=1)  # skipped: no compiled technique for the recompile guard
     out = result.stdout.str()
     assert (
         "generation parity FAILED: forgetful_cache (float32) vs reference eager (float32) on cpu, 8 prompts x 64" in out
@@ -136,4 +136,55 @@ def test_cache_wrong_past_a_length_fails_only_the_long_generation(planted: pytes
 
 def test_untouched_backends_pass_padding_and_generation(run_infer) -> None:
     result = run_infer("--infer-suite", "parity,generation", "--infer-technique", "sdpa,sdpa_math,paged|eager")
-    result.assert_outcomes(passed=7, skipped=2)  # paged|eager has no plain forward: logits/padding skip
+    # paged|eager has no plain forward: logits/padding skip; no compiled technique: the recompile guard skips
+    result.assert_outcomes(passed=7, skipped=3)
+
+
+SLOW = """
+import time
+from pytest_infer import Technique
+
+
+def slowed(model):
+    forward = model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.05)  # a regression: 50 ms more per forward call
+        return forward(*args, **kwargs)
+
+    model.forward = slow_forward
+    return model
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(Technique(name="sdpa_slowed", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=slowed))
+"""
+
+
+def test_slowed_technique_fails_the_speed_gate(pytester: pytest.Pytester, run_infer) -> None:
+    pytester.makeconftest(SLOW)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.infer_speedup(min=0.5)
+        def test_speed(infer_case, infer_perf, benchmark):
+            infer_perf.assert_decode(infer_case, benchmark)
+        """
+    )
+    result = run_infer(
+        "--infer-technique", "sdpa,sdpa_slowed", "--infer-perf-rounds", "6", "--infer-perf-new-tokens", "8"
+    )
+    outcomes = result.parseoutcomes()
+    # the slowed technique fails; plain sdpa passes, or is INCONCLUSIVE (skipped) when the shared machine
+    # is too noisy to decide - never failed
+    assert outcomes.get("failed") == 1 and outcomes.get("passed", 0) + outcomes.get("skipped", 0) == 1, (
+        result.stdout.str()
+    )
+    assert (
+        "FAILED test_slowed_technique_fails_the_speed_gate.py::test_speed[cpu-float32-sdpa_slowed]"
+        in result.stdout.str()
+    )
+    result.stdout.fnmatch_lines(["*FAIL: decode_speedup * ?95 %: *, *? >= 0.5 expected (@infer_speedup)*"])
+    assert "test_speed[cpu-float32-sdpa_slowed]" in result.stdout.str()

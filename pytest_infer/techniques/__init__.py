@@ -6,6 +6,6 @@ from pytest_infer.technique import Technique
 
 
 def builtin_techniques() -> list[Technique]:
-    from pytest_infer.techniques import attention
+    from pytest_infer.techniques import attention, caching, compilation
 
-    return [*attention.builtin()]
+    return [*attention.builtin(), *compilation.builtin(), *caching.builtin()]

@@ -1,0 +1,53 @@
+"""The JSON report as documented in docs/report-schema.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_infer.report import SCHEMA_VERSION, write_atomically
+
+
+def test_report_content_matches_the_documented_schema(pytester: pytest.Pytester, run_infer) -> None:
+    (pytester.path / "out").mkdir()
+    result = run_infer(
+        "--infer-suite",
+        "parity,generation",
+        "--infer-technique",
+        "sdpa,flash_attention_2",
+        "--infer-report=out/report.json",
+    )
+    result.assert_outcomes(passed=3, skipped=4)
+    doc = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert set(doc) == {"schema_version", "tool", "stack", "config", "duration_s", "tests", "results"}
+    assert doc["stack"]["device_kind"] == "cpu" and doc["config"]["techniques"] == ["sdpa", "flash_attention_2"]
+    skipped = [t for t in doc["tests"] if t["outcome"] == "skipped"]
+    assert any("flash_attention_2: needs a cuda device" in t["reason"] for t in skipped)
+    checks = {r["check"] for r in doc["results"]}
+    assert checks == {"logits", "padding", "generation"}
+    logits = next(r for r in doc["results"] if r["check"] == "logits")
+    assert {"max_abs", "mean_abs", "max_kl", "mean_kl", "cosine", "top1"} <= set(logits["metrics"])
+    assert logits["floor"]["max_abs"] > 0 and logits["tolerance"]["max_abs"] >= logits["metrics"]["max_abs"]
+    generation = next(r for r in doc["results"] if r["check"] == "generation")
+    assert {"matched_tokens", "match_rate", "near_ties"} <= set(generation["metrics"])
+
+
+def test_report_folder_must_exist(run_infer) -> None:
+    result = run_infer("--infer-report=missing/dir/report.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "folder missing/dir does not exist" in result.stderr.str()
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path) -> None:
+    target = tmp_path / "r.json"
+    write_atomically(target, {"a": 1})
+
+    class Unprintable:
+        __str__ = None  # json's default=str then fails half-way through the document
+
+    with pytest.raises(TypeError):
+        write_atomically(target, {"a": Unprintable()})
+    assert json.loads(target.read_text()) == {"a": 1}  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
