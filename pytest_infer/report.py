@@ -30,7 +30,7 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         total = sum(r.get("new_tokens", 0) * len(r.get("rows", [])) for r in results)
         return f"{verdict} {int(matched)}/{total} tok"
     worst = max(r.get("metrics", {}).get("max_abs", float("nan")) for r in results)
-    suffix = f" ({passed}/{len(results)})" if len(results) > 1 else ""
+    suffix = f" {passed}/{len(results)}" if len(results) > 1 else ""
     return f"{verdict} {worst:.2g}{suffix}"
 
 
@@ -44,9 +44,10 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     if not groups:
         return []
     width = max(len(k[2]) for k in groups) + 2
-    lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<17}" for c in CHECK_COLUMNS)]
+    columns = [c for c in CHECK_COLUMNS if any(c in checks for checks in groups.values())]
+    lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<18}" for c in columns)]
     for (device, dtype, technique), checks in groups.items():
-        cells = "".join(f"{_cell(checks.get(c, [])):<17}" for c in CHECK_COLUMNS)
+        cells = "".join(f"{_cell(checks.get(c, [])):<18}" for c in columns)
         lines.append(f"{device:<7} {dtype:<9} {technique:<{width}}{cells}".rstrip())
     return lines
 
