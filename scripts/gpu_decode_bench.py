@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import time
 from typing import Any
 
 BIG = dict(
@@ -37,32 +36,6 @@ TINY = dict(
 )
 
 
-class Timer:
-    """Device-synchronised wall time of a region: CUDA events on cuda, perf_counter_ns elsewhere."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self.cuda = device.startswith("cuda")
-        self.torch = torch
-
-    @contextlib.contextmanager
-    def region(self, into: list[float]) -> Any:
-        torch = self.torch
-        if self.cuda:
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            torch.cuda.synchronize()
-            into.append(start.elapsed_time(end) / 1000.0)
-        else:
-            t0 = time.perf_counter_ns()
-            yield
-            into.append((time.perf_counter_ns() - t0) / 1e9)
-
-
 def summary(xs: list[float]) -> dict[str, float]:
     med = statistics.median(xs)
     cv = statistics.pstdev(xs) / statistics.mean(xs) if len(xs) > 1 else 0.0
@@ -72,6 +45,8 @@ def summary(xs: list[float]) -> dict[str, float]:
 def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pytest_infer.measure import Timer  # CUDA events after a synchronize; perf_counter_ns elsewhere
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
