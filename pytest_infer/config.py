@@ -137,6 +137,18 @@ OPTIONS: tuple[Option, ...] = (
         metavar="METRIC:PCT[,...]",
     ),
     Option(
+        "markdown",
+        "write the technique x check matrix as Markdown to this path (also appended to $GITHUB_STEP_SUMMARY when set)",
+        "",
+        metavar="PATH",
+    ),
+    Option(
+        "list",
+        "print the technique catalogue with, for this stack, runnable or the skip reason; then exit",
+        False,
+        "bool",
+    ),
+    Option(
         "report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"
     ),
     Option(
@@ -171,6 +183,8 @@ class InferConfig:
     new_tokens: tuple[int, ...] = (16, 64)
     padding: str = "left:0,1,7,32;right:0,7"
     report: str = ""
+    markdown: str = ""
+    list: bool = False
     baseline: str = ""
     perf_new_tokens: int = 32
     perf_rounds: int = 5
@@ -375,6 +389,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) 
         new_tokens=validate_new_tokens(values["new_tokens"]),
         padding=validate_padding(values["padding"]),
         report=validate_report_path(values["report"], rootdir),
+        markdown=validate_report_path(values["markdown"], rootdir),
+        list=values["list"],
         baseline=values["baseline"],
         perf_new_tokens=values["perf_new_tokens"],
         perf_rounds=values["perf_rounds"],

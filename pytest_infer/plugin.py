@@ -69,6 +69,20 @@ def pytest_configure(config: pytest.Config) -> None:
         stack_storage(session, config)
 
 
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if config.getoption("infer_list", None) or str(config.getini("infer_list")).lower() in ("1", "true", "yes"):
+        from _pytest.main import wrap_session  # what pytest's own --fixtures uses
+
+        return int(wrap_session(config, _show_catalogue))
+    return None
+
+
+def _show_catalogue(config: pytest.Config, session: pytest.Session) -> int:
+    for line in config.stash[SESSION_KEY].catalogue():
+        print(line)
+    return 0
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:

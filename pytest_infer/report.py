@@ -43,13 +43,37 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
         groups.setdefault(key, {}).setdefault(r.get("check", r.get("kind", "?")), []).append(r)
     if not groups:
         return []
-    width = max(len(k[2]) for k in groups) + 2
+    width = max(len("technique"), *(len(k[2]) for k in groups)) + 2
     columns = [c for c in CHECK_COLUMNS if any(c in checks for checks in groups.values())]
     lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<18}" for c in columns)]
     for (device, dtype, technique), checks in groups.items():
         cells = "".join(f"{_cell(checks.get(c, [])):<18}" for c in columns)
         lines.append(f"{device:<7} {dtype:<9} {technique:<{width}}{cells}".rstrip())
     return lines
+
+
+def markdown_table(results: Iterable[Mapping[str, Any]], stack_line: str = "") -> str:
+    """The same matrix as the terminal summary, as a Markdown table (for CI job summaries)."""
+    lines = summary_lines(list(results))
+    if not lines:
+        return ""
+    header = lines[0].split()
+    out = []
+    if stack_line:
+        out += [f"**{stack_line}**", ""]
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "---|" * len(header))
+    for line in lines[1:]:
+        cells = [c.strip() for c in _split_cells(line, lines[0])]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _split_cells(line: str, header: str) -> list[str]:
+    """Cut a fixed-width matrix line at the header's column starts."""
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = [*starts[1:], None]
+    return [line[s:e] for s, e in zip(starts, bounds, strict=True)]
 
 
 def report_document(

@@ -327,6 +327,7 @@ class InferSession:
         self._started = time.perf_counter()
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._write_markdown()
         if not self.config.report:
             return
         from pytest_infer import __version__
@@ -342,6 +343,32 @@ class InferSession:
             {"pytest-infer": __version__},
         )
         write_atomically(self.config.report, doc)
+
+    def _write_markdown(self) -> None:
+        targets = [self.config.markdown] if self.config.markdown else []
+        if os.environ.get("GITHUB_STEP_SUMMARY") and self.results:
+            targets.append(os.environ["GITHUB_STEP_SUMMARY"])
+        if not targets:
+            return
+        from pytest_infer.report import markdown_table
+
+        text = "## pytest-infer\n\n" + markdown_table(self.results, self.stack.header_line())
+        for i, target in enumerate(targets):
+            mode = "w" if i == 0 and self.config.markdown else "a"  # the job summary is appended to
+            with open(target, mode, encoding="utf-8") as f:
+                f.write(text + "\n")
+
+    def catalogue(self) -> list[str]:
+        """Every known technique with, for this stack, runnable or the reason it is skipped."""
+        lines = []
+        for device in self.devices:
+            stack = self.stack_for(device)
+            lines.append(f"techniques on {device} ({stack.header_line().removeprefix('infer stack: ')}):")
+            for t in self.registry:
+                reason = t.skip_reason(stack, self.config.dtypes[0])
+                verdict = "runnable" if reason is None else f"skip: {reason}"
+                lines.append(f"  {t.name:<32} {t.family:<12} {verdict}")
+        return lines
 
     def close(self) -> None:
         if self._cache is not None:

@@ -51,3 +51,35 @@ def test_atomic_write_leaves_no_partial_file(tmp_path) -> None:
         write_atomically(target, {"a": Unprintable()})
     assert json.loads(target.read_text()) == {"a": 1}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_markdown_matrix_and_github_step_summary(
+    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = pytester.path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = run_infer(
+        "--infer-suite", "parity", "--infer-technique", "sdpa,flash_attention_2", "--infer-markdown=m.md"
+    )
+    result.assert_outcomes(passed=2, skipped=2)
+    text = (pytester.path / "m.md").read_text()
+    assert "| device | dtype | technique | logits | padding |" in text
+    assert "| cpu | float32 | sdpa | pass " in text
+    assert "infer stack: cpu" in text
+    appended = summary.read_text()
+    assert appended.startswith("earlier step\n") and "| cpu | float32 | sdpa | pass " in appended
+
+
+def test_infer_list_prints_the_catalogue_and_exits(run_infer) -> None:
+    result = run_infer("--infer-list")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "techniques on cpu (*",
+            "  eager * attention * runnable",
+            "  flash_attention_2 * attention * skip: needs a cuda device, running on cpu",
+            "  static_compile * compilation * runnable",
+            "  quantized_cache_hqq_4bit * caching * skip: hqq not installed (pip install hqq)",
+        ]
+    )
