@@ -32,14 +32,14 @@ def options_markdown() -> str:
 
 
 def techniques_table() -> str:
+    """The built-in catalogue for this machine (``--infer-list`` inside pytest adds the conftest's techniques)."""
+    from pytest_infer.report import catalogue_lines
     from pytest_infer.stack import detect_stack
     from pytest_infer.techniques import builtin_techniques
 
     stack = detect_stack("auto")
-    rows = [f"{'technique':<20} {'family':<12} {'runner':<15} on this stack ({stack.device_kind})"]
-    for t in builtin_techniques():
-        reason = t.requirements.check(stack)
-        rows.append(f"{t.name:<20} {t.family:<12} {t.runner:<15} {'runnable' if reason is None else 'skip: ' + reason}")
+    rows = [f"built-in techniques on {stack.header_line().removeprefix('infer stack: ')} (float32):"]
+    rows += catalogue_lines(builtin_techniques(), stack, "float32")
     return "\n".join(rows) + "\n"
 
 

@@ -55,7 +55,7 @@ def greedy_generate(
     if not technique.padded_batches and batch.input_ids.shape[0] > 1:
         # kernels without mask support (SDPA flash/cuDNN pinned): each prompt alone, unpadded
         return _join(
-            [greedy_generate(model, tokenizer, one, technique, new_tokens, scores=scores) for one in _rows(batch)]
+            [greedy_generate(model, tokenizer, one, technique, new_tokens, scores=scores) for one in batch.rows()]
         )
     from pytest_infer.technique import resolve_kwargs
 
@@ -74,17 +74,6 @@ def greedy_generate(
     prompt_len = batch.input_ids.shape[1]
     tokens = out.sequences[:, prompt_len:].tolist()
     return Generated(tokens, _margins(out.scores) if scores else None)
-
-
-def _rows(batch: Batch) -> list[Batch]:
-    from pytest_infer.models import Batch as B
-
-    out = []
-    for b in range(batch.input_ids.shape[0]):
-        real = batch.attention_mask[b].bool()
-        ids = batch.input_ids[b, real].unsqueeze(0)
-        out.append(B(ids, batch.attention_mask[b, real].unsqueeze(0), batch.prompts[b : b + 1]))
-    return out
 
 
 def _join(parts: list[Generated]) -> Generated:

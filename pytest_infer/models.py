@@ -126,6 +126,20 @@ class Batch:
     attention_mask: torch.Tensor
     prompts: tuple[str, ...]
 
+    def rows(self) -> list[Batch]:
+        """Each prompt alone, padding removed (for kernels without mask support)."""
+        out = []
+        for b in range(self.input_ids.shape[0]):
+            real = self.attention_mask[b].bool()
+            out.append(
+                Batch(
+                    self.input_ids[b, real].unsqueeze(0),
+                    self.attention_mask[b, real].unsqueeze(0),
+                    self.prompts[b : b + 1],
+                )
+            )
+        return out
+
 
 def encode(tokenizer: Any, prompts: Sequence[str], device: str) -> Batch:
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
@@ -149,10 +163,9 @@ def forward_logits(model: Any, batch: Batch, technique: Technique) -> torch.Tens
             ).logits.float()
         out: torch.Tensor | None = None
         seq = batch.input_ids.shape[1]
-        for b in range(batch.input_ids.shape[0]):
+        for b, one in enumerate(batch.rows()):
             real = batch.attention_mask[b].bool()
-            ids = batch.input_ids[b, real].unsqueeze(0)
-            logits = model(input_ids=ids).logits.float()
+            logits = model(input_ids=one.input_ids).logits.float()
             if out is None:
                 out = torch.zeros(batch.input_ids.shape[0], seq, logits.shape[-1], device=logits.device)
             out[b, real] = logits[0]

@@ -197,15 +197,15 @@ def compare_logits(
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: reference {tuple(reference.shape)}, candidate {tuple(candidate.shape)}")
     mask = mask.bool().to(reference.device)
-    # float64: KL and cosine of nearly equal float32 distributions are below float32 rounding
-    ref = reference.double()
-    cand = candidate.double().to(ref.device)
+    cand_all = candidate.to(reference.device)
     rows: list[RowParity] = []
     nonfinite: list[tuple[int, int, str]] = []
-    for b in range(ref.shape[0]):
+    for b in range(reference.shape[0]):
         idx = mask[b].nonzero().flatten()
-        r, c = ref[b, idx], cand[b, idx]  # [positions, vocab]
-        scan = cand[b] if scan_padding else cand[b].masked_fill(~mask[b, :, None], 0.0)
+        # float64, one row at a time (a whole [batch, seq, vocab] copy in float64 is large for real
+        # vocabularies): KL and cosine of nearly equal float32 distributions are below float32 rounding
+        r, c = reference[b, idx].double(), cand_all[b, idx].double()  # [positions, vocab]
+        scan = cand_all[b] if scan_padding else cand_all[b].masked_fill(~mask[b, :, None], 0.0)
         bad = (~torch.isfinite(scan)).any(dim=-1).nonzero().flatten().tolist()
         nonfinite.extend((b, int(p), "real" if bool(mask[b, p]) else "pad") for p in bad)
         if not torch.isfinite(c).all():

@@ -52,6 +52,14 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def catalogue_lines(techniques: Iterable[Any], stack: Any, dtype: str) -> list[str]:
+    """Every technique with, for ``stack`` and ``dtype``, "runnable" or the reason it would be skipped."""
+    return [
+        f"  {t.name:<32} {t.family:<12} {'runnable' if (r := t.skip_reason(stack, dtype)) is None else 'skip: ' + r}"
+        for t in techniques
+    ]
+
+
 def markdown_table(results: Iterable[Mapping[str, Any]], stack_line: str = "") -> str:
     """The same matrix as the terminal summary, as a Markdown table (for CI job summaries)."""
     lines = summary_lines(list(results))

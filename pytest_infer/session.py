@@ -360,14 +360,13 @@ class InferSession:
 
     def catalogue(self) -> list[str]:
         """Every known technique with, for this stack, runnable or the reason it is skipped."""
+        from pytest_infer.report import catalogue_lines
+
         lines = []
         for device in self.devices:
             stack = self.stack_for(device)
             lines.append(f"techniques on {device} ({stack.header_line().removeprefix('infer stack: ')}):")
-            for t in self.registry:
-                reason = t.skip_reason(stack, self.config.dtypes[0])
-                verdict = "runnable" if reason is None else f"skip: {reason}"
-                lines.append(f"  {t.name:<32} {t.family:<12} {verdict}")
+            lines.extend(catalogue_lines(self.registry, stack, self.config.dtypes[0]))
         return lines
 
     def close(self) -> None:

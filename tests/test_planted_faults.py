@@ -188,3 +188,40 @@ def test_slowed_technique_fails_the_speed_gate(pytester: pytest.Pytester, run_in
     )
     result.stdout.fnmatch_lines(["*FAIL: decode_speedup * ?95 %: *, *? >= 0.5 expected (@infer_speedup)*"])
     assert "test_speed[cpu-float32-sdpa_slowed]" in result.stdout.str()
+
+
+RECOMPILING = """
+import torch
+
+from pytest_infer import Technique
+from pytest_infer.techniques.compilation import max_cache_len
+from pytest_infer.technique import Lazy
+
+
+def compile_static_shapes(model):
+    # a compiled path specialised on every shape: a new prompt length compiles again
+    model.forward = torch.compile(model.forward, dynamic=False)
+    return model
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(Technique(
+        name="recompiling", family="compilation", load_kwargs={"attn_implementation": "sdpa"},
+        generate_kwargs={"cache_implementation": "static", "max_cache_len": Lazy(max_cache_len), "disable_compile": True},
+        prepare=compile_static_shapes, runner="generate", compiled=True,
+    ))
+"""
+
+
+def test_compiled_path_that_recompiles_fails_the_guard(pytester: pytest.Pytester, run_infer) -> None:
+    pytester.makeconftest(RECOMPILING)
+    result = run_infer(
+        "--infer-suite", "generation", "--infer-technique", "recompiling,static_compile", "-k", "recompiles"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*recompile guard FAILED: recompiling (float32) on cpu: warm-up compiled * graph(s)*; * recompile(s) in 3 further calls*",
+            "*recompilation(s) after warm-up over 3 calls: shorter prompts, max_new_tokens 24, max_new_tokens 8*",
+        ]
+    )
