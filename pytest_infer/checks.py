@@ -125,7 +125,7 @@ class ParityChecks:
         tolerance, floor = self.tolerance(case)
         ref, mask = self.reference_logits(case.device)
         batch = encode(self.tokenizer, self.prompts, case.device)
-        logits = forward_logits(model if model is not None else self.model(case), batch, case.technique)
+        logits = self._candidate_logits(case, batch, model)
         result = compare_logits(
             ref,
             logits,
@@ -181,10 +181,9 @@ class ParityChecks:
             key, lambda: greedy_generate(self.model(ref_case), self.tokenizer, batch, ref_case.technique, longest)
         )
         tolerance, _ = self.tolerance(case)
-        model = self.model(case)
         results = []
         for n in lengths:
-            candidate = greedy_generate(model, self.tokenizer, batch, case.technique, n)
+            candidate = self._candidate_generate(case, batch, n)
             result = compare_generations(
                 reference,
                 candidate,
@@ -231,6 +230,24 @@ class ParityChecks:
     check = logits
 
     # --- internals ------------------------------------------------------------------------------
+    def _candidate_logits(self, case: Case, batch: Any, model: Any | None = None) -> Any:
+        """The case's logits on ``batch``: in this process, or gathered from its ranks (``multiprocess``)."""
+        if case.technique.runner == "multiprocess" and model is None:
+            from pytest_infer import distributed
+
+            return distributed.logits(self.session, case, batch)
+        return forward_logits(model if model is not None else self.model(case), batch, case.technique)
+
+    def _candidate_generate(self, case: Case, batch: Any, new_tokens: int) -> Any:
+        """The case's greedy generation of ``new_tokens`` tokens (``multiprocess``: run by its ranks)."""
+        from pytest_infer.generation import greedy_generate
+
+        if case.technique.runner == "multiprocess":
+            from pytest_infer import distributed
+
+            return distributed.generate(self.session, case, batch, new_tokens)
+        return greedy_generate(self.model(case), self.tokenizer, batch, case.technique, new_tokens)
+
     def _localize(self, case: Case, model: Any | None) -> str | None:
         from pytest_infer.localize import first_divergence
 

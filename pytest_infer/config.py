@@ -43,6 +43,7 @@ class Option:
     kind: str = "str"  # str | list | bool | int | float
     metavar: str = "VALUE"
     choices: tuple[str, ...] = ()
+    minimum: int = 1  # for kind "int"
 
     @property
     def flag(self) -> str:
@@ -129,7 +130,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("perf_new_tokens", "tokens generated per timed call in the perf suite (forced length)", 32, "int", "N"),
     Option("perf_rounds", "timed rounds per technique (each paired with a baseline round)", 5, "int", "N"),
-    Option("perf_warmup", "untimed warm-up calls before the rounds (after the first, compiling, call)", 1, "int", "N"),
+    Option(
+        "perf_warmup",
+        "untimed warm-up calls before the rounds (after the first, compiling, call)",
+        1,
+        "int",
+        "N",
+        minimum=0,
+    ),
     Option(
         "compare_fail",
         "fail a perf test whose metric regressed against the stored pytest-benchmark baseline: 'peak_memory:5%,tokens_per_s:10%'",
@@ -150,6 +158,28 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"
+    ),
+    Option("tp_size", "ranks of the tensor-parallel techniques (processes started through torch.distributed)", 2, "int", "N"),
+    Option(
+        "rank_timeout",
+        "seconds a multi-process technique's ranks may run before they are stopped and the test fails",
+        300,
+        "int",
+        "SECONDS",
+    ),
+    Option(
+        "gpus_per_worker",
+        "under pytest-xdist, GPUs pinned to each worker through CUDA_VISIBLE_DEVICES (0: no pinning)",
+        1,
+        "int",
+        "N",
+        minimum=0,
+    ),
+    Option(
+        "plot",
+        "write a PNG of speedup vs memory ratio per technique, parity marked (needs matplotlib: pytest-infer[plot])",
+        "",
+        metavar="PATH",
     ),
     Option(
         "tolerance",
@@ -190,6 +220,10 @@ class InferConfig:
     perf_rounds: int = 5
     perf_warmup: int = 1
     compare_fail: str = ""
+    tp_size: int = 2
+    rank_timeout: int = 300
+    gpus_per_worker: int = 1
+    plot: str = ""
     tolerance: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
@@ -244,9 +278,8 @@ def _coerce(opt: Option, raw: Any, source: str) -> Any:
             value = int(str(raw).strip())
         except ValueError:
             raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
-        minimum = 0 if opt.name == "perf_warmup" else 1
-        if value < minimum:
-            raise ConfigError(f"{what}: must be at least {minimum}, got {value}")
+        if value < opt.minimum:
+            raise ConfigError(f"{what}: must be at least {opt.minimum}, got {value}")
         return value
     return str(raw).strip()
 
@@ -345,15 +378,15 @@ def validate_padding(spec: str) -> str:
     return spec
 
 
-def validate_report_path(path: str, rootdir: Path) -> str:
+def validate_report_path(path: str, rootdir: Path, flag: str = "--infer-report") -> str:
     if not path:
         return ""
     p = Path(path).expanduser()
     folder = p.parent if p.parent != Path("") else Path(".")
     if not folder.is_dir():
-        raise ConfigError(f"--infer-report {path}: folder {folder} does not exist; create it or choose another path")
+        raise ConfigError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK):
-        raise ConfigError(f"--infer-report {path}: folder {folder} is not writable")
+        raise ConfigError(f"{flag} {path}: folder {folder} is not writable")
     return str(p)
 
 
@@ -389,13 +422,17 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path) 
         new_tokens=validate_new_tokens(values["new_tokens"]),
         padding=validate_padding(values["padding"]),
         report=validate_report_path(values["report"], rootdir),
-        markdown=validate_report_path(values["markdown"], rootdir),
+        markdown=validate_report_path(values["markdown"], rootdir, "--infer-markdown"),
         list=values["list"],
         baseline=values["baseline"],
         perf_new_tokens=values["perf_new_tokens"],
         perf_rounds=values["perf_rounds"],
         perf_warmup=values["perf_warmup"],
         compare_fail=validate_compare_fail(values["compare_fail"]),
+        tp_size=values["tp_size"],
+        rank_timeout=values["rank_timeout"],
+        gpus_per_worker=values["gpus_per_worker"],
+        plot=validate_report_path(values["plot"], rootdir, "--infer-plot"),
         tolerance=tuple(values["tolerance"]),
         sources=dict(sources),
     )

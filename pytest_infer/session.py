@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 SESSION_KEY = pytest.StashKey["InferSession"]()
 CASE_ARGS = ("infer_case", "infer_compiled_case")  # every selected technique / the compiled ones
 FAMILY_ARG_SUFFIX = "_technique"  # e.g. attention_technique: the attention family only
-SUITE_FILES = {"parity": "test_parity.py", "generation": "test_generation.py", "perf": "test_performance.py"}
+SUITE_FILES: dict[str, tuple[str, ...]] = {
+    "parity": ("test_parity.py", "test_parallelism.py"),
+    "generation": ("test_generation.py", "test_caching.py", "test_batching.py"),
+    "perf": ("test_performance.py",),
+}
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class InferSession:
         from pytest_infer.resources import suites_dir
 
         folder = suites_dir()
-        self.suite_files = {folder / SUITE_FILES[s] for s in self.config.suites}
+        self.suite_files = {folder / f for s in self.config.suites for f in SUITE_FILES[s]}
         missing = [str(f) for f in self.suite_files if not f.is_file()]
         if missing:
             raise pytest.UsageError(

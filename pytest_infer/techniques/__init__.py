@@ -6,6 +6,15 @@ from pytest_infer.technique import Technique
 
 
 def builtin_techniques() -> list[Technique]:
-    from pytest_infer.techniques import attention, caching, compilation
+    from pytest_infer.techniques import (
+        attention,
+        batching,
+        caching,
+        compilation,
+        kernels,
+        parallelism,
+        quantization,
+    )
 
-    return [*attention.builtin(), *compilation.builtin(), *caching.builtin()]
+    families = (attention, compilation, kernels, quantization, caching, parallelism, batching)
+    return [t for family in families for t in family.builtin()]

@@ -1,0 +1,3 @@
+"""Continuous-batching checks (``--infer-suite generation``)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Tensor-parallel checks (``--infer-suite parity``)."""
+
+from __future__ import annotations
