@@ -196,9 +196,169 @@ class ParityChecks:
                 dtype=case.dtype,
                 reference_dtype=s.config.reference_dtype,
                 prompts=self.prompts,
+                min_greedy=tolerance.min_greedy,
             )
             results.append(self._record(result))
         return results
+
+    def storage(self, case: Case) -> Any:
+        """Real weight bytes against the reference's in the same dtype, and the technique's
+        ``weight_memory_ratio`` expectation for this stack (see :mod:`pytest_infer.storage`)."""
+        from pytest_infer.perf import PerfChecks
+        from pytest_infer.storage import measure_storage
+
+        # the technique's expectations for this stack and dtype, and @pytest.mark.infer_memory markers
+        chosen = [
+            e
+            for e, _ in PerfChecks(self.session, self.node, self).expectations(case)
+            if e.metric in ("weight_memory_ratio", "quantized_layers_ratio")
+        ]
+        ref_case = self._ref_case(case.device, case.dtype)
+        return self._record(
+            measure_storage(
+                self.model(case),
+                self.model(ref_case),
+                technique=case.technique.name,
+                baseline_name=ref_case.technique.name,
+                device=case.device,
+                dtype=case.dtype,
+                expectations=chosen,
+            )
+        )
+
+    def assert_storage(self, case: Case) -> Any:
+        with self._guard(case):
+            return _assert([self.storage(case)])[0]
+
+    def inference_mode(self, case: Case) -> LogitParityResult:
+        """The case's logits under ``torch.inference_mode()`` against its own logits under ``no_grad``: a
+        technique whose tensors break in inference mode (what serving code uses) fails here."""
+        import dataclasses
+
+        from pytest_infer.parity import compare_logits
+        from pytest_infer.tolerances import default_tolerance
+
+        batch = encode(self.tokenizer, self.prompts, case.device)
+        model = self.model(case)
+        plain = forward_logits(model, batch, dataclasses.replace(case.technique, inference_mode=False))
+        inference = forward_logits(model, batch, dataclasses.replace(case.technique, inference_mode=True))
+        result = compare_logits(
+            plain,
+            inference,
+            batch.attention_mask,
+            default_tolerance(case.dtype, case.device),
+            technique=case.technique.name,
+            reference_name=f"{case.technique.name} under no_grad",
+            device=case.device,
+            dtype=case.dtype,
+            reference_dtype=case.dtype,
+            prompts=self.prompts,
+        )
+        result.check, result.variant = "inference_mode", "torch.inference_mode vs no_grad"
+        return self._record(result)
+
+    def assert_inference_mode(self, case: Case) -> LogitParityResult:
+        with self._guard(case):
+            return _assert([self.inference_mode(case)])[0]
+
+    # --- KV caches (see :mod:`pytest_infer.cache_checks`) ----------------------------------------
+    def _cache_run(self, case: Case, technique: Any = None) -> tuple[list[list[int]], dict[str, Any]]:
+        """(tokens, cache description) of one forced-length generation, computed once per case."""
+        from pytest_infer.cache_checks import describe_cache, generate_with_cache
+
+        technique = technique or case.technique
+        n = max(self.session.config.new_tokens)
+        key = ("cache", self.session.source, technique.name, case.dtype, case.device, self.prompts, n)
+
+        def compute() -> tuple[list[list[int]], dict[str, Any]]:
+            batch = encode(self.tokenizer, self.prompts, case.device)
+            model = self.model(case if technique is case.technique else self._ref_case(case.device, case.dtype))
+            tokens, cache = generate_with_cache(model, self.tokenizer, batch, technique, n)
+            return tokens, describe_cache(cache, case.device.split(":")[0])
+
+        return self.session.cache.tensor(key, compute)
+
+    def cache_effective(self, case: Case) -> Any:
+        """The cache ``generate`` used is the one the technique asked for."""
+        from pytest_infer.cache_checks import CacheCheckResult, cache_problems, expected_cache, is_sliding
+        from pytest_infer.technique import resolve_kwargs
+
+        spec = expected_cache(resolve_kwargs(case.technique.generate_kwargs, needed_length=1, device=case.device))
+        _, seen = self._cache_run(case)
+        problems = cache_problems(spec, seen, is_sliding(self.model(case)))
+        details = {"requested": spec.implementation, **{k: v for k, v in seen.items() if not k.startswith("kv")}}
+        return self._record(
+            CacheCheckResult(case.technique.name, case.device, case.dtype, "effective", problems, details)
+        )
+
+    def cache_arguments(self, case: Case) -> Any:
+        """Two ``generate`` calls sharing one set of arguments: same tokens, arguments left unchanged."""
+        from pytest_infer.cache_checks import CacheCheckResult, generate_with_cache, snapshot
+        from pytest_infer.technique import resolve_kwargs
+
+        batch = encode(self.tokenizer, self.prompts, case.device)
+        n = min(self.session.config.new_tokens)
+        kwargs = resolve_kwargs(
+            case.technique.generate_kwargs, needed_length=int(batch.input_ids.shape[1]) + n, device=case.device
+        )
+        before = snapshot(kwargs)
+        model = self.model(case)
+        first, _ = generate_with_cache(model, self.tokenizer, batch, case.technique, n, kwargs)
+        second, _ = generate_with_cache(model, self.tokenizer, batch, case.technique, n, kwargs)
+        problems = [
+            f"generate changed its argument {k}: {before[k]!r} -> {kwargs.get(k)!r}"
+            for k in before
+            if snapshot({k: kwargs.get(k)})[k] != before[k]
+        ]
+        problems += [
+            f"row {b}: the second call generated {t2[:8]}... where the first generated {t1[:8]}..."
+            for b, (t1, t2) in enumerate(zip(first, second, strict=False))
+            if t1 != t2
+        ]
+        details = {"arguments": {k: repr(v) for k, v in before.items()}, "calls": 2, "new_tokens": n}
+        return self._record(
+            CacheCheckResult(case.technique.name, case.device, case.dtype, "arguments unchanged", problems, details)
+        )
+
+    def kv_memory(self, case: Case) -> Any:
+        """KV bytes held on the device against the dynamic cache at the same (forced) length."""
+        from pytest_infer.cache_checks import CacheCheckResult
+        from pytest_infer.technique import select_expectations
+
+        _, seen = self._cache_run(case)
+        _, base = self._cache_run(case, self.session.registry.get("dynamic_cache"))
+        ratio = seen["kv_device_bytes"] / max(1, base["kv_device_bytes"])
+        stack = self.session.stack_for(case.device)
+        problems = []
+        details: dict[str, Any] = {
+            "kv_device_bytes": seen["kv_device_bytes"],
+            "kv_bytes": seen["kv_bytes"],
+            "dynamic_kv_device_bytes": base["kv_device_bytes"],
+            "kv_memory_ratio": ratio,
+        }
+        for e in select_expectations(case.technique.expectations, stack, case.dtype):
+            if e.metric == "kv_memory_ratio":
+                details["expected"] = f"kv_memory_ratio {e.op} {e.value:g}"
+                if not e.holds(ratio):
+                    problems.append(
+                        f"holds {seen['kv_device_bytes']:,} KV bytes on {case.device} vs {base['kv_device_bytes']:,} "
+                        f"for the dynamic cache: {ratio:.3f}x, expected {e.op} {e.value:g}"
+                    )
+        return self._record(
+            CacheCheckResult(case.technique.name, case.device, case.dtype, "kv memory", problems, details)
+        )
+
+    def assert_cache_effective(self, case: Case) -> Any:
+        with self._guard(case):
+            return _assert([self.cache_effective(case)])[0]
+
+    def assert_cache_arguments(self, case: Case) -> Any:
+        with self._guard(case):
+            return _assert([self.cache_arguments(case)])[0]
+
+    def assert_kv_memory(self, case: Case) -> Any:
+        with self._guard(case):
+            return _assert([self.kv_memory(case)])[0]
 
     def recompiles(self, case: Case) -> Any:
         """The recompile guard (see :mod:`pytest_infer.recompile`) on a fresh load of the case's model."""

@@ -159,7 +159,13 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"
     ),
-    Option("tp_size", "ranks of the tensor-parallel techniques (processes started through torch.distributed)", 2, "int", "N"),
+    Option(
+        "tp_size",
+        "ranks of the tensor-parallel techniques (processes started through torch.distributed)",
+        2,
+        "int",
+        "N",
+    ),
     Option(
         "rank_timeout",
         "seconds a multi-process technique's ranks may run before they are stopped and the test fails",

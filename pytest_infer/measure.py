@@ -15,7 +15,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,6 +90,12 @@ class Timer:
 
 def weight_bytes(model: Any) -> int:
     """Bytes of real storage behind parameters and buffers, unwrapping tensor subclasses (torchao, quanto)."""
+    return storage_bytes([*model.parameters(), *model.buffers()])
+
+
+def storage_bytes(tensors: Iterable[Any], device_type: str | None = None) -> int:
+    """Bytes of real storage behind ``tensors`` (tensor subclasses unwrapped into their inner tensors,
+    storage shared between tensors counted once); with ``device_type``, only what lies on that device."""
     seen: set[int] = set()
 
     def size(t: Any) -> int:
@@ -101,6 +107,8 @@ def weight_bytes(model: Any) -> int:
             except Exception:  # an odd subclass: fall back to its nominal size
                 pass
         data = getattr(t, "data", t)
+        if device_type is not None and data.device.type != device_type:
+            return 0
         try:
             ptr = data.untyped_storage().data_ptr()
         except Exception:
@@ -110,10 +118,22 @@ def weight_bytes(model: Any) -> int:
         seen.add(ptr)
         return int(data.numel() * data.element_size())
 
-    total = 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        total += size(tensor)
-    return total
+    def with_side_tensors(t: Any) -> int:
+        # bitsandbytes keeps scales beside the weight, not as parameters: Int8Params.SCB, Params4bit.quant_state
+        total = size(t)
+        scb = getattr(t, "SCB", None)
+        if scb is not None and hasattr(scb, "untyped_storage"):
+            total += size(scb)
+        state = getattr(t, "quant_state", None)
+        while state is not None:
+            for name in ("absmax", "code", "offset"):
+                side = getattr(state, name, None)
+                if side is not None and hasattr(side, "untyped_storage"):
+                    total += size(side)
+            state = getattr(state, "state2", None)  # nested (double) quantization
+        return total
+
+    return sum(with_side_tensors(t) for t in tensors)
 
 
 @contextlib.contextmanager

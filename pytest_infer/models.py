@@ -154,7 +154,7 @@ def forward_logits(model: Any, batch: Batch, technique: Technique) -> torch.Tens
     """
     import torch
 
-    with torch.inference_mode(), technique.active():
+    with technique.no_grad(), technique.active():
         if technique.padded_batches:
             # positions count real tokens only, as generate() does for padded batches
             position_ids = (batch.attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -32,7 +32,9 @@ class PerfChecks:
 
     def expectations(self, case: Case) -> list[tuple[Expectation, str]]:
         stack = self.session.stack_for(case.device)
-        chosen = [(e, " (technique, this stack)") for e in select_expectations(case.technique.expectations, stack)]
+        chosen = [
+            (e, " (technique, this stack)") for e in select_expectations(case.technique.expectations, stack, case.dtype)
+        ]
         if self.node is not None:
             for marker_name, (metric, op) in MARKER_METRICS.items():
                 for marker in self.node.iter_markers(marker_name):

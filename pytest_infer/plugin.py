@@ -15,9 +15,10 @@ from pytest_infer.session import SESSION_KEY, InferSession
 
 MARKERS = (
     "infer_tolerance(**bounds): override logit-parity bounds for this test "
-    "(max_abs, mean_abs, max_kl, mean_kl, min_cosine, min_top1, tie_margin)",
+    "(max_abs, mean_abs, max_kl, mean_kl, min_cosine, min_top1, tie_margin, min_greedy)",
     "infer_techniques(*names): run this test only for these techniques, families or stacks",
     "infer_unsupported(reason): set by pytest-infer under --infer-strict on cases this stack cannot run",
+    "infer_not_selected: set by pytest-infer on a family test none of whose techniques is selected (deselected)",
     "infer_speedup(min=X, stack=None): the decode speedup over the baseline this technique must show (perf suite)",
     "infer_memory(max=X, stack=None, metric='weight_memory_ratio'): the memory ratio it must stay under (perf suite)",
 )

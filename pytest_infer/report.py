@@ -11,7 +11,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-CHECK_COLUMNS = ("logits", "padding", "generation", "speed")
+CHECK_COLUMNS = ("logits", "padding", "generation", "batching", "storage", "inference_mode", "cache", "speed")
+HEADERS = {"inference_mode": "inf-mode"}  # column titles where the check name is long
 
 
 def _cell(results: list[Mapping[str, Any]]) -> str:
@@ -25,7 +26,17 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         return f"{verdict} {r.get('metrics', {}).get('speedup', float('nan')):.2f}x"
     if results[0].get("check") == "recompile":
         return ""
-    if results[0].get("check") == "generation":
+    if results[0].get("check") == "cache":
+        ratio = next(
+            (r["metrics"]["kv_memory_ratio"] for r in results if "kv_memory_ratio" in r.get("metrics", {})), None
+        )
+        return f"{verdict} {len(results)}/3" + (f" kv {ratio:.2f}x" if ratio is not None else "")
+    if results[0].get("check") == "storage":
+        return f"{verdict} {results[-1].get('metrics', {}).get('weight_memory_ratio', float('nan')):.3f}x"
+    if results[0].get("check") == "generation" and any(r.get("min_greedy") is not None for r in results):
+        agreement = min(r.get("metrics", {}).get("greedy_agreement", float("nan")) for r in results)
+        return f"{verdict} agree {agreement:.2f}"  # lossy technique: share of greedy tokens agreeing
+    if results[0].get("check") in ("generation", "batching"):
         matched = sum(r.get("metrics", {}).get("matched_tokens", 0) for r in results)
         total = sum(r.get("new_tokens", 0) * len(r.get("rows", [])) for r in results)
         return f"{verdict} {int(matched)}/{total} tok"
@@ -36,7 +47,8 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
 
 def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     """One row per (device, dtype, technique), one column per check: verdict and key figure
-    (logits/padding: worst max_abs; generation: tokens matched before any accepted near-tie)."""
+    (logits/padding: worst max_abs; generation: tokens matched before any accepted near-tie, or for lossy
+    techniques the lowest greedy agreement; storage: weight bytes vs the reference)."""
     groups: dict[tuple[str, str, str], dict[str, list[Mapping[str, Any]]]] = {}
     for r in results:
         key = (r.get("device", "?"), r.get("dtype", "?"), r.get("technique", "?"))
@@ -45,10 +57,15 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
         return []
     width = max(len("technique"), *(len(k[2]) for k in groups)) + 2
     columns = [c for c in CHECK_COLUMNS if any(c in checks for checks in groups.values())]
-    lines = [f"{'device':<7} {'dtype':<9} {'technique':<{width}}" + "".join(f"{c:<18}" for c in columns)]
-    for (device, dtype, technique), checks in groups.items():
-        cells = "".join(f"{_cell(checks.get(c, [])):<18}" for c in columns)
-        lines.append(f"{device:<7} {dtype:<9} {technique:<{width}}{cells}".rstrip())
+    cells = {key: [_cell(checks.get(c, [])) for c in columns] for key, checks in groups.items()}
+    widths = [max(len(HEADERS.get(c, c)), *(len(row[i]) for row in cells.values())) + 2 for i, c in enumerate(columns)]
+    lines = [
+        f"{'device':<7} {'dtype':<9} {'technique':<{width}}"
+        + "".join(f"{HEADERS.get(c, c):<{w}}" for c, w in zip(columns, widths, strict=True))
+    ]
+    for (device, dtype, technique), row in cells.items():
+        text = "".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True))
+        lines.append(f"{device:<7} {dtype:<9} {technique:<{width}}{text}".rstrip())
     return lines
 
 

@@ -234,6 +234,19 @@ def _cpu_name() -> str:
     return _platform.processor() or _platform.machine() or "unknown cpu"
 
 
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The host CPU's feature flags (``/proc/cpuinfo``; empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def _host_memory() -> int | None:
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

@@ -34,7 +34,16 @@ FAMILIES = (
     "stack",
     "custom",
 )
-TOLERANCE_METRICS = ("max_abs", "mean_abs", "max_kl", "mean_kl", "min_cosine", "min_top1", "tie_margin")
+TOLERANCE_METRICS = (
+    "max_abs",
+    "mean_abs",
+    "max_kl",
+    "mean_kl",
+    "min_cosine",
+    "min_top1",
+    "tie_margin",
+    "min_greedy",
+)
 
 
 class TechniqueError(ValueError):
@@ -49,6 +58,11 @@ class Tolerance:
     of next-token distributions per position; ``min_cosine``: per-row cosine similarity of logits;
     ``min_top1``: share of *decisive* positions (reference top-1/top-2 margin >= ``tie_margin``) where
     both pick the same token. ``None`` leaves a metric unchecked.
+
+    ``min_greedy`` is for lossy techniques (quantization): greedy generation then passes when the share of
+    generated tokens that agree with the reference before their row diverges (near-tie rows count in full)
+    is at least this, instead of requiring every row to match. ``None`` (the default): every row must match
+    up to near-ties.
     """
 
     max_abs: float | None = None
@@ -58,6 +72,7 @@ class Tolerance:
     min_cosine: float | None = None
     min_top1: float | None = 1.0
     tie_margin: float = 0.0
+    min_greedy: float | None = None
 
     def looser(self, other: Tolerance) -> Tolerance:
         """The bound that admits both (used when stacking techniques)."""
@@ -75,6 +90,7 @@ class Tolerance:
             min_cosine=pick(self.min_cosine, other.min_cosine, False),
             min_top1=pick(self.min_top1, other.min_top1, False),
             tie_margin=max(self.tie_margin, other.tie_margin),
+            min_greedy=_min_greedy(self.min_greedy, other.min_greedy),
         )
 
     def replace(self, **changes: float | None) -> Tolerance:
@@ -87,6 +103,13 @@ class Tolerance:
 
     def to_dict(self) -> dict[str, float | None]:
         return dataclasses.asdict(self)
+
+
+def _min_greedy(a: float | None, b: float | None) -> float | None:
+    """Exact matching (None) is the strictest: the looser of a bound and None is the bound."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a, b)
 
 
 def parse_tolerance_spec(spec: str) -> tuple[str | None, str | None, dict[str, float | None]]:
@@ -143,10 +166,13 @@ class Expectation:
     value: float
     stacks: tuple[str, ...] = ()
     baseline: str | None = None
+    dtypes: tuple[str, ...] = ()  # the run dtypes it applies to; empty: all
 
     def __post_init__(self) -> None:
         if self.op not in (">=", "<="):
             raise TechniqueError(f"expectation {self.metric}: op must be '>=' or '<=', got {self.op!r}")
+        object.__setattr__(self, "stacks", tuple(self.stacks))
+        object.__setattr__(self, "dtypes", tuple(self.dtypes))
 
     def specificity(self, stack: Stack) -> int:
         """-1 when it does not apply to ``stack``; else how specific the best matching key is."""
@@ -197,10 +223,15 @@ class ByStack(Generic[T]):
         return f"ByStack({self.values!r})"
 
 
-def select_expectations(expectations: Iterable[Expectation], stack: Stack) -> list[Expectation]:
-    """Per metric, the expectation whose stack key matches ``stack`` most specifically."""
+def select_expectations(
+    expectations: Iterable[Expectation], stack: Stack, dtype: str | None = None
+) -> list[Expectation]:
+    """Per metric, the expectation whose stack key matches ``stack`` most specifically (among those for
+    ``dtype``, when given)."""
     best: dict[str, tuple[int, Expectation]] = {}
     for e in expectations:
+        if dtype is not None and e.dtypes and dtype not in e.dtypes:
+            continue
         s = e.specificity(stack)
         if s >= 0 and (e.metric not in best or s > best[e.metric][0]):
             best[e.metric] = (s, e)
@@ -265,6 +296,7 @@ class Technique:
     effective_attention: frozenset[str] | None = None  # accepted config._attn_implementation after load
     padded_batches: bool = True  # False: prompts are run one at a time (kernels without mask support)
     compiled: bool = False  # runs through torch.compile: the recompile guard applies
+    inference_mode: bool = True  # False: calls run under torch.no_grad() (tensors that reject inference mode)
     components: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -299,6 +331,14 @@ class Technique:
         else:
             with self.context():
                 yield
+
+    @contextlib.contextmanager
+    def no_grad(self) -> Iterator[None]:
+        """``torch.inference_mode()``, or ``torch.no_grad()`` for techniques that reject inference mode."""
+        import torch
+
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            yield
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -402,6 +442,7 @@ def compose(a: Technique, b: Technique) -> Technique:
         effective_attention=a.effective_attention or b.effective_attention,
         padded_batches=a.padded_batches and b.padded_batches,
         compiled=a.compiled or b.compiled,
+        inference_mode=a.inference_mode and b.inference_mode,
         components=a.components + b.components,
     )
 

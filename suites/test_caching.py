@@ -1,3 +1,19 @@
-"""Cache-specific checks of the caching techniques (``--infer-suite generation``)."""
+"""KV-cache checks beyond token parity (``--infer-suite generation``), for every caching technique and
+every stack containing one (see pytest_infer/cache_checks.py)."""
 
 from __future__ import annotations
+
+
+def test_cache_is_the_one_requested(caching_technique, infer_parity):
+    """The cache generate() used: class, layers, offloading, bits, residual length as requested."""
+    infer_parity.assert_cache_effective(caching_technique)
+
+
+def test_cache_arguments_not_mutated(caching_technique, infer_parity):
+    """Two generate() calls sharing one cache_config: same tokens, the arguments left as they were."""
+    infer_parity.assert_cache_arguments(caching_technique)
+
+
+def test_kv_cache_memory(caching_technique, infer_parity):
+    """KV bytes on the device vs. the dynamic cache at the same length, against kv_memory_ratio expectations."""
+    infer_parity.assert_kv_memory(caching_technique)

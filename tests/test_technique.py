@@ -26,7 +26,15 @@ def _t(name: str, **kw) -> Technique:
 def test_builtins_have_unique_names_and_known_families() -> None:
     reg = Registry(builtin_techniques())
     assert {"eager", "sdpa", "sdpa_math", "flex_attention", "paged|sdpa", "flash_attention_2"} <= set(reg.names())
-    assert reg.families() == ["attention", "compilation", "caching"]
+    assert reg.families() == [
+        "attention",
+        "compilation",
+        "kernels",
+        "quantization",
+        "caching",
+        "parallelism",
+        "batching",
+    ]
 
 
 def test_select_by_name_family_stack_and_all() -> None:

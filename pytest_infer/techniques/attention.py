@@ -112,19 +112,6 @@ def builtin() -> list[Technique]:
             requirements=Requirements(packages=(("torch", ">=2.5"),)),
         ),
         _attn(
-            "paged|sdpa",
-            "paged|sdpa",
-            "paged attention over SDPA, for continuous batching (generate_batch)",
-            runner="generate_batch",
-            effective_attention=frozenset({"paged|sdpa", "sdpa"}),
-        ),
-        _attn(
-            "paged|eager",
-            "paged|eager",
-            "paged attention over eager, for continuous batching (generate_batch)",
-            runner="generate_batch",
-        ),
-        _attn(
             "flash_attention_2",
             "flash_attention_2",
             "FlashAttention-2 from the flash-attn package",
