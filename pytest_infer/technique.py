@@ -259,8 +259,16 @@ class Lazy:
 
 
 def resolve_kwargs(kwargs: Mapping[str, Any], **context: Any) -> dict[str, Any]:
-    """Keyword arguments with every :class:`Lazy` value built (``context`` is offered to the factories)."""
-    return {k: v.resolve(**context) if isinstance(v, Lazy) else v for k, v in kwargs.items()}
+    """Keyword arguments with every :class:`Lazy` value built (``context`` is offered to the factories).
+
+    Dicts and lists are copied: a callee that mutates its arguments (``generate`` once consumed the keys
+    of ``cache_config``) must not change the technique's definition for the tests that follow."""
+    import copy
+
+    return {
+        k: v.resolve(**context) if isinstance(v, Lazy) else copy.deepcopy(v) if isinstance(v, (dict, list)) else v
+        for k, v in kwargs.items()
+    }
 
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager[Any]]
