@@ -141,7 +141,7 @@ class ParityChecks:
         result.floor = floor.to_dict() if floor else None
         if not result.passed:
             result.localization = self._localize(case, model)
-        return self._record(result)
+        return self._record(result, case)
 
     def padding(self, case: Case) -> list[LogitParityResult]:
         """The padded-batch sweep: every padded row against the same prompt run alone by the reference."""
@@ -164,7 +164,7 @@ class ParityChecks:
         results = []
         for _, result in pairs:
             result.floor = floor.to_dict() if floor else None
-            results.append(self._record(result))
+            results.append(self._record(result, case))
         return results
 
     def generation(self, case: Case) -> list[GenerationParityResult]:
@@ -198,7 +198,7 @@ class ParityChecks:
                 prompts=self.prompts,
                 min_greedy=tolerance.min_greedy,
             )
-            results.append(self._record(result))
+            results.append(self._record(result, case))
         return results
 
     def storage(self, case: Case) -> Any:
@@ -427,13 +427,24 @@ class ParityChecks:
         except Exception as exc:  # localization is a diagnosis: never let it hide the parity failure
             return f"(could not localize the divergence: {type(exc).__name__}: {exc})"
 
-    def _record(self, result: Any) -> Any:
+    def _provenance(self, case: Case | None) -> list[dict[str, Any]]:
+        """What the case's model records about the code it runs (kernels techniques: the local repository
+        and its content hash, or the hub repository and the revision it resolved to)."""
+        if case is None or case.technique.prepare is None or case.technique.runner == "multiprocess":
+            return []
+        return list(getattr(self.model(case), "infer_provenance", None) or [])
+
+    def _record(self, result: Any, case: Case | None = None) -> Any:
         data = result.to_dict()
+        provenance = self._provenance(case)
+        if provenance:
+            data["provenance"] = provenance
         self.session.record(data)
         if self.node is not None:
             self.node.user_properties.append(("infer_result", data))
             if result.passed:  # a failure already carries its message
-                self.node.add_report_section("call", "infer", result.message())
+                lines = [result.message(), *(f"  kernel: {p['summary']}" for p in provenance if "summary" in p)]
+                self.node.add_report_section("call", "infer", "\n".join(lines))
         return result
 
 

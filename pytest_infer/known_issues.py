@@ -106,6 +106,18 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         ),
         evidence="scripts/repro/quanto_int4_inference_mode.py; docs/known-issues.md",
     ),
+    KnownIssue(
+        technique="kernels_use_kernels_local",
+        check=("logits", "padding", "generation", "inference_mode"),  # every check that loads the model
+        affected=Requirements(packages=(("transformers", "==5.24.0"),)),
+        reason=(
+            "transformers 5.24: from_pretrained(use_kernels=True, kernel_config=KernelConfig(..., "
+            "use_local_kernel=True)) raises AttributeError: 'tuple' object has no attribute 'split' "
+            "(register_kernel_replacements_and_fusions rewrites the mapping to (repo, metadata) tuples; "
+            "KernelConfig.create_compatible_mapping's local branch splits them as strings)"
+        ),
+        evidence="tests/test_kernels.py::test_transformers_local_kernel_config_defect; docs/kernels.md",
+    ),
 )
 
 

@@ -98,6 +98,7 @@ class InferSession:
         except (infer_config.ConfigError, TechniqueError) as exc:
             raise pytest.UsageError(f"pytest-infer: {exc}") from None
         session = cls(config, cfg, registry)
+        _ACTIVE.append(session)
         session.selected = techniques
         session._add_suites()
         if session._active:
@@ -389,8 +390,19 @@ class InferSession:
         return lines
 
     def close(self) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         if self._cache is not None:
             self._cache.clear()
+
+
+_ACTIVE: list[InferSession] = []  # the sessions of this process, newest last (pytester may nest one)
+
+
+def active_session() -> InferSession | None:
+    """The pytest-infer session running in this process, or None: for technique callables that must follow
+    its options (e.g. the kernels family refuses hub kernels not pinned to a commit under --infer-strict)."""
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 @functools.lru_cache(maxsize=1)
