@@ -317,7 +317,8 @@ class ParityChecks:
         ]
         details = {"arguments": {k: repr(v) for k, v in before.items()}, "calls": 2, "new_tokens": n}
         return self._record(
-            CacheCheckResult(case.technique.name, case.device, case.dtype, "arguments unchanged", problems, details)
+            CacheCheckResult(case.technique.name, case.device, case.dtype, "arguments unchanged", problems, details),
+            case,
         )
 
     def kv_memory(self, case: Case) -> Any:
@@ -410,6 +411,9 @@ class ParityChecks:
 
     def _localize(self, case: Case, model: Any | None) -> str | None:
         from pytest_infer.localize import first_divergence
+
+        if case.technique.runner == "multiprocess" and model is None:
+            return "(not localized: the candidate runs in its ranks, not in this process)"
 
         ref_dtype = self.session.config.reference_dtype
         try:

@@ -27,8 +27,9 @@ CHECKS = {
     "test_repeated_generate_batch": "batching",
     "test_manager_api": "batching",
     "test_cache_is_the_one_requested": "cache",
-    "test_cache_arguments_not_mutated": "cache",
+    "test_cache_arguments_not_mutated": "cache_arguments",
     "test_kv_cache_memory": "cache",
+    "test_rank_agreement": "ranks",
 }
 
 
@@ -117,6 +118,19 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
             "KernelConfig.create_compatible_mapping's local branch splits them as strings)"
         ),
         evidence="tests/test_kernels.py::test_transformers_local_kernel_config_defect; docs/kernels.md",
+    ),
+    *(
+        KnownIssue(
+            technique=name,
+            check="cache_arguments",
+            affected=Requirements(packages=(("transformers", ">=5.17,<5.18"),)),
+            reason=(
+                "transformers 5.17: generate() builds a QuantizedCache from the caller's cache_config dict itself, "
+                "popping 'backend' and adding 'config' (fixed later: 5.24 deep-copies it)"
+            ),
+            evidence="docs/stacks/h200.md (run of 2026-11-26, cache check 'arguments unchanged'); docs/known-issues.md",
+        )
+        for name in ("quantized_cache_quanto_4bit", "quantized_cache_quanto_2bit", "quantized_cache_hqq_4bit")
     ),
 )
 

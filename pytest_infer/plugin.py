@@ -54,11 +54,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_infer import xdist as infer_xdist
+
+    # first: CUDA_VISIBLE_DEVICES must be set before anything initializes CUDA in this xdist worker
+    config.pluginmanager.register(infer_xdist.XdistHooks(infer_xdist.pin_worker(config)), "infer_xdist")
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     session = InferSession.from_pytest_config(config)  # raises pytest.UsageError on bad values
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "infer_session")
+    from pytest_infer.xdist_results import XdistResults
+
+    config.pluginmanager.register(XdistResults(session.record), "infer_xdist_results")
     from pytest_infer import fixtures
 
     config.pluginmanager.register(fixtures, "infer_fixtures")

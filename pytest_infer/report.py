@@ -11,7 +11,17 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-CHECK_COLUMNS = ("logits", "padding", "generation", "batching", "storage", "inference_mode", "cache", "speed")
+CHECK_COLUMNS = (
+    "logits",
+    "padding",
+    "generation",
+    "ranks",
+    "batching",
+    "storage",
+    "inference_mode",
+    "cache",
+    "speed",
+)
 HEADERS = {"inference_mode": "inf-mode"}  # column titles where the check name is long
 
 
@@ -26,6 +36,8 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         return f"{verdict} {r.get('metrics', {}).get('speedup', float('nan')):.2f}x"
     if results[0].get("check") == "recompile":
         return ""
+    if results[0].get("check") == "ranks":
+        return f"{verdict} {int(sum(r['metrics']['disagreements'] for r in results))} diff"
     if results[0].get("check") == "cache":
         ratio = next(
             (r["metrics"]["kv_memory_ratio"] for r in results if "kv_memory_ratio" in r.get("metrics", {})), None

@@ -88,6 +88,11 @@ class InferSession:
                     registry.get(name)
             if cfg.prompts:
                 _read_prompts(cfg.prompts)
+            if cfg.plot:
+                from pytest_infer.plot import missing_dependency
+
+                if problem := missing_dependency():
+                    raise infer_config.ConfigError(f"--infer-plot {cfg.plot}: {problem}")
             for device in cfg.devices:
                 if device not in ("auto", "cpu"):
                     from pytest_infer.stack import validate_device
@@ -297,6 +302,10 @@ class InferSession:
     def _marks(self, case: Case, check: str | None = None) -> list[pytest.MarkDecorator]:
         stack = self.stack_for(case.device)
         reason = case.technique.skip_reason(stack, case.dtype)
+        if reason is None and case.technique.runner == "multiprocess":
+            from pytest_infer.distributed import preflight
+
+            reason = preflight(self, case)
         if reason is None:
             from pytest_infer.known_issues import known_issue
 
@@ -347,8 +356,12 @@ class InferSession:
         self._started = time.perf_counter()
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from pytest_infer.xdist_results import is_xdist_worker
+
+        if is_xdist_worker(self.pytest_config):
+            return  # the controller writes the reports, with every worker's results (xdist_results.py)
         self._write_markdown()
-        if not self.config.report:
+        if not (self.config.report or self.config.plot):
             return
         from pytest_infer import __version__
         from pytest_infer.report import report_document, write_atomically
@@ -362,7 +375,15 @@ class InferSession:
             time.perf_counter() - self._started,
             {"pytest-infer": __version__},
         )
-        write_atomically(self.config.report, doc)
+        if self.config.report:
+            write_atomically(self.config.report, doc)
+        if self.config.plot:
+            from pytest_infer.plot import session_plot
+
+            line = session_plot(doc, self.config.plot)
+            reporter = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(line)
 
     def _write_markdown(self) -> None:
         targets = [self.config.markdown] if self.config.markdown else []

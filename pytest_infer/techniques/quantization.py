@@ -105,6 +105,17 @@ def transformers_supports_hqq_weights(stack: Stack) -> str | None:
     return None
 
 
+def torchao_int4_ready(stack: Stack) -> str | None:
+    """torchao 0.18's int4 weight-only layout calls into the separate ``mslk`` kernels package
+    (seen on the H200 run: ``ImportError: Requires mslk >= 1.0.0`` for every linear layer)."""
+    from packaging.version import Version
+
+    version = stack.version("torchao")
+    if version is not None and Version(version) >= Version("0.18") and stack.version("mslk") is None:
+        return f"torchao {version} int4 weight-only needs mslk>=1.0.0 (pip install mslk)"
+    return None
+
+
 def check_compute_dtype(model: Any) -> Any:
     """Fail the load when a bitsandbytes 4-bit layer computes in another dtype than the model runs in."""
     wanted = model.dtype
@@ -137,7 +148,9 @@ def _storage(float32: float, half: float) -> tuple[Expectation, ...]:
 def builtin() -> list[Technique]:
     bnb = Requirements(packages=(("bitsandbytes", ">=0.46"),), device_kinds=frozenset({"cpu", "cuda", "xpu"}))
     torchao = Requirements(packages=(("torchao", ">=0.12"),))
-    torchao_cuda = Requirements(packages=(("torchao", ">=0.12"),), device_kinds=frozenset({"cuda"}))
+    torchao_cuda = Requirements(
+        packages=(("torchao", ">=0.12"),), device_kinds=frozenset({"cuda"}), custom=(torchao_int4_ready,)
+    )
     quanto = Requirements(packages=(("optimum-quanto", ">=0.2.5"),))
     placed = {"device_map": Lazy(_device_map, "the run's device")}
     # Storage of the quantized layers vs. unquantized (float32 / 16-bit), measured on the embedded model:

@@ -1,0 +1,1 @@
+"""The model repository's own code (here: only its attention kernel)."""
