@@ -49,11 +49,19 @@ class ParityChecks:
             yield
         except (pytest.fail.Exception, pytest.skip.Exception):
             raise  # a verdict (parity failed, inconclusive), not a broken model: keep it and the compile caches
-        except BaseException:
+        except BaseException as exc:
+            before = _allocated(case.device)
             self.session.cache.discard(self._key(case))
             dynamo = sys.modules.get("torch._dynamo")
             if dynamo is not None:
                 dynamo.reset()
+            if type(exc).__name__ == "OutOfMemoryError":
+                from pytest_infer.isolation import out_of_memory_message
+
+                exc.__traceback__ = None  # its frames hold the tensors of the failed call
+                after = _allocated(case.device)
+                freed = None if before is None or after is None else before - after
+                pytest.fail(f"{case.technique.name}: {out_of_memory_message(exc, case.device, freed)}", pytrace=False)
             raise
 
     def _ref_case(self, device: str, dtype: str | None = None) -> Case:
@@ -450,6 +458,18 @@ class ParityChecks:
                 lines = [result.message(), *(f"  kernel: {p['summary']}" for p in provenance if "summary" in p)]
                 self.node.add_report_section("call", "infer", "\n".join(lines))
         return result
+
+
+def _allocated(device: str) -> int | None:
+    """Device memory allocated now (cuda), after freeing what a failed case left behind; None elsewhere."""
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cuda") or not torch.cuda.is_initialized():
+        return None
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    return int(torch.cuda.memory_allocated(device))
 
 
 def _assert(results: list[Any]) -> list[Any]:

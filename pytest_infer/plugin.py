@@ -69,12 +69,41 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_infer import fixtures
 
     config.pluginmanager.register(fixtures, "infer_fixtures")
+    _register_guards(config, session)
     if config.pluginmanager.hasplugin("benchmark") and ("perf" in session.config.suites or session.config.compare_fail):
         from pytest_infer.bench import BenchmarkHooks, stack_storage
 
         session.benchmark_hooks = BenchmarkHooks(session)
         config.pluginmanager.register(session.benchmark_hooks, "infer_benchmark")
         stack_storage(session, config)
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """``--infer-isolate``: run in a pytest-xdist worker (``-n 1`` unless ``-n`` is given), before xdist reads it."""
+    import os
+
+    from pytest_infer.isolation import isolate_args, wants_isolation
+
+    if os.environ.get("PYTEST_XDIST_WORKER") or not early_config.pluginmanager.hasplugin("xdist"):
+        return  # a worker already is one; without xdist, the session explains what to install
+    try:
+        ini = str(early_config.getini("infer_isolate") or "")
+    except ValueError:  # not registered (cannot happen once this module is a plugin; kept defensive)
+        ini = ""
+    if wants_isolation(args, ini):
+        args.extend(isolate_args(args))
+
+
+def _register_guards(config: pytest.Config, session: InferSession) -> None:
+    from pytest_infer.isolation import Guards
+
+    cfg = session.config
+    if cfg.isolate and not config.pluginmanager.hasplugin("xdist"):
+        raise pytest.UsageError("--infer-isolate runs tests in a pytest-xdist worker: pip install pytest-xdist")
+    allowed = frozenset(
+        str(v) for t in session.registry for k, v in t.load_kwargs.items() if k == "attn_implementation"
+    )
+    config.pluginmanager.register(Guards(cfg.timeout, cfg.isolate, allowed), "infer_guards")
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:

@@ -191,7 +191,8 @@ def group_items(items: list[pytest.Item]) -> int:
     for item in items:
         callspec = getattr(item, "callspec", None)
         params: dict[str, Any] = getattr(callspec, "params", {}) if callspec is not None else {}
-        if any(isinstance(v, Case) and v.technique.runner == "multiprocess" for v in params.values()):
+        grouped = any(m.args[:1] == (GROUP,) for m in item.iter_markers("xdist_group"))
+        if not grouped and any(isinstance(v, Case) and v.technique.runner == "multiprocess" for v in params.values()):
             item.add_marker(pytest.mark.xdist_group(GROUP))
             marked += 1
     return marked

@@ -69,8 +69,12 @@ BASE_ARGS = ("-p", "pytest_infer", "-p", "no:cacheprovider", f"--infer-cache-dir
 
 
 @pytest.fixture
-def run_infer(pytester: pytest.Pytester):
-    """Run a pytest session in a subprocess with ``-p pytest_infer`` and return its result."""
+def run_infer(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """Run a pytest session in a subprocess with ``-p pytest_infer`` and return its result.
+
+    When our own suite runs under pytest-xdist, the inner session must not believe it is a worker."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
 
     def run(*args: str) -> pytest.RunResult:
         return pytester.runpytest_subprocess(*BASE_ARGS, *args)

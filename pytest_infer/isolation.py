@@ -1,0 +1,159 @@
+"""A failing technique never takes the session down.
+
+- **Crashes** (a segfault in a native kernel, an abort): ``--infer-isolate`` runs the tests in a pytest-xdist
+  worker (``-n 1`` is added when no ``-n`` is given, and worker restarts are not capped). When a worker dies,
+  xdist fails the test it was running ("worker 'gw0' crashed while running ...") and starts a new worker for
+  the rest; the results of the finished tests already reached the controller's reports
+  (:mod:`pytest_infer.xdist_results`). Measured cost: one extra interpreter with torch (docs/reliability.md).
+- **Hangs**: ``--infer-timeout SECONDS`` fails a test that runs longer, with the timeout and the stack of where
+  it was (``SIGALRM`` in the main thread, as pytest-timeout's signal method); a hang inside native code that never
+  returns to Python is caught under ``--infer-isolate`` by ``faulthandler``, which dumps every thread's stack
+  and ends the worker ``GRACE_S`` seconds later.
+- **State** between tests: the default dtype and the attention registrations a test body made (outside the
+  selected techniques) are restored; the RNGs are seeded per test (``SEED``).
+
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Generator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+SEED = 0
+GRACE_S = 30
+
+
+def isolate_args(args: list[str]) -> list[str]:
+    """The command-line arguments ``--infer-isolate`` adds (none when ``-n``/``--numprocesses`` is given)."""
+    given = any(a in ("-n", "--numprocesses") or a.startswith(("-n", "--numprocesses=")) for a in args)
+    extra = [] if given else ["-n", "1"]
+    if not any(a.startswith("--max-worker-restart") for a in args):
+        extra.append("--max-worker-restart=1000")
+    return extra
+
+
+def wants_isolation(args: list[str], inifile_value: str | None) -> bool:
+    if any(a == "--infer-isolate" or a.startswith("--infer-isolate=") for a in args):
+        return True
+    return (inifile_value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _Timeout(Exception):
+    pass
+
+
+class Guards:
+    """Per-test timeout and state restoration, for tests that use pytest-infer's fixtures."""
+
+    def __init__(self, timeout_s: int, isolated: bool, allowed_attention: frozenset[str]) -> None:
+        self.timeout_s = timeout_s
+        self.isolated = isolated
+        self.allowed_attention = allowed_attention
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        if not _is_infer_item(item):
+            return (yield)
+        state = _snapshot_state()
+        _seed()
+        alarm = (
+            self.timeout_s > 0 and threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM")
+        )
+        previous = None
+        if alarm:
+
+            def on_alarm(signum: int, frame: FrameType | None) -> None:
+                where = "".join(traceback.format_stack(frame, limit=12)) if frame is not None else "(unknown)\n"
+                pytest.fail(
+                    f"pytest-infer: {item.nodeid} timed out after {self.timeout_s} s (--infer-timeout); "
+                    f"it was at:\n{where}",
+                    pytrace=False,
+                )
+
+            previous = signal.signal(signal.SIGALRM, on_alarm)
+            signal.alarm(self.timeout_s)
+        if self.timeout_s > 0 and self.isolated:
+            # a hang in native code never returns to Python: dump every stack and end this worker
+            faulthandler.dump_traceback_later(self.timeout_s + GRACE_S, exit=True, file=sys.stderr)
+        try:
+            return (yield)
+        finally:
+            if alarm:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, previous)
+            if self.timeout_s > 0 and self.isolated:
+                faulthandler.cancel_dump_traceback_later()
+            _restore_state(state, self.allowed_attention)
+
+
+def _is_infer_item(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return any(n.startswith("infer_") or n.endswith("_technique") for n in names)
+
+
+def _seed() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(SEED)
+    import random
+
+    random.seed(SEED)
+
+
+def _attention_registries() -> list[Any]:
+    """Transformers' global attention and mask-function registries (only if Transformers is imported)."""
+    out = []
+    for module, name in (
+        ("transformers.modeling_utils", "AttentionInterface"),
+        ("transformers.masking_utils", "AttentionMaskInterface"),
+    ):
+        mapping = getattr(getattr(sys.modules.get(module), name, None), "_global_mapping", None)
+        if isinstance(mapping, dict):
+            out.append(mapping)
+    return out
+
+
+def _snapshot_state() -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    return {
+        "dtype": torch.get_default_dtype() if torch is not None else None,
+        "attention": [set(m) for m in _attention_registries()],
+    }
+
+
+def _restore_state(state: dict[str, Any], allowed: frozenset[str]) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and state["dtype"] is not None and torch.get_default_dtype() != state["dtype"]:
+        torch.set_default_dtype(state["dtype"])
+    for mapping, before in zip(_attention_registries(), state["attention"], strict=False):
+        for key in set(mapping) - before - allowed:
+            del mapping[key]  # registered by the test body itself: not left for the next test
+
+
+def out_of_memory_message(exc: BaseException, device: str, freed_bytes: int | None) -> str:
+    """A readable OOM failure: what was asked for, what was free, and what was freed afterwards."""
+    import re
+
+    text = str(exc)
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
+    free = re.search(r"of which ([\d.]+ [KMGT]?i?B) (?:is )?free", text)
+    total = re.search(r"total capacity of ([\d.]+ [KMGT]?i?B)", text)
+    parts = [f"out of memory on {device}"]
+    if asked:
+        parts.append(f"requested {asked.group(1)}")
+    if free:
+        parts.append(f"available {free.group(1)}" + (f" of {total.group(1)}" if total else ""))
+    if not asked and not free:
+        parts.append(text.splitlines()[0][:300] if text else type(exc).__name__)
+    if freed_bytes is not None:
+        parts.append(f"freed {freed_bytes / 2**20:.1f} MiB before the next test (model dropped, cache emptied)")
+    return "; ".join(parts)

@@ -1,0 +1,151 @@
+"""Fault isolation as users meet it: a technique that crashes the process, hangs, runs out of memory or is
+interrupted fails its own test (or stops the run) with a clear message, the rest of the session goes on,
+and the JSON report stays complete and valid; state a test leaves behind does not reach the next test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+PLANTED = """
+import contextlib
+import os
+import signal
+import time
+
+import torch
+
+from pytest_infer import Technique
+
+
+def crash(model):
+    os.kill(os.getpid(), signal.SIGSEGV)  # what a native kernel's segfault looks like
+    return model
+
+
+def out_of_memory(model):
+    raise torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+        "1.50 GiB is free. Including non-PyTorch memory, this process has 77.6 GiB memory in use."
+    )
+
+
+def interrupt(model):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this technique loads
+    time.sleep(5)
+    return model
+
+
+@contextlib.contextmanager
+def stuck():
+    time.sleep(120)  # a kernel that never returns
+    yield
+
+
+def pytest_infer_register_techniques(registry):
+    sdpa = dict(registry.get("sdpa").load_kwargs)
+    registry.add(Technique(name="planted_crash", family="custom", load_kwargs=sdpa, prepare=crash))
+    registry.add(Technique(name="planted_oom", family="custom", load_kwargs=sdpa, prepare=out_of_memory))
+    registry.add(Technique(name="planted_interrupt", family="custom", load_kwargs=sdpa, prepare=interrupt))
+    registry.add(Technique(name="planted_hang", family="custom", load_kwargs=sdpa, context=stuck))
+"""
+
+
+@pytest.fixture
+def planted(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(PLANTED)
+    return pytester
+
+
+def _report(pytester: pytest.Pytester) -> dict:
+    return json.loads((pytester.path / "r.json").read_text())
+
+
+def test_a_crashing_technique_fails_its_own_tests_under_isolate(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer(
+        "--infer-isolate",
+        "--infer-suite",
+        "parity",
+        "--infer-technique",
+        "sdpa,planted_crash",
+        "--infer-report=r.json",
+        "-k",
+        "logit_parity",
+    )
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=1)
+    assert "crashed while running" in out and "planted_crash" in out
+    doc = _report(planted)
+    assert any(r["technique"] == "sdpa" and r["passed"] for r in doc["results"])
+
+
+def test_a_hanging_technique_times_out_with_where_it_was(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer(
+        "--infer-timeout=4",
+        "--infer-suite",
+        "parity",
+        "--infer-technique",
+        "planted_hang,sdpa",
+        "--infer-report=r.json",
+        "-k",
+        "logit_parity",
+    )
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=1)
+    assert "timed out after 4 s (--infer-timeout); it was at:" in out
+    assert "in stuck" in out and "time.sleep(120)" in out
+    assert any(r["technique"] == "sdpa" for r in _report(planted)["results"])
+
+
+def test_out_of_memory_says_requested_and_available(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "planted_oom,sdpa", "-k", "logit_parity")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*planted_oom: out of memory on cpu; requested 2.00 GiB; available 1.50 GiB of 79.19 GiB*"]
+    )
+    assert "Traceback (most recent call last)" not in result.stdout.str()
+
+
+def test_interrupted_run_leaves_a_valid_report_of_what_finished(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer(
+        "--infer-suite",
+        "parity",
+        "--infer-technique",
+        "sdpa,planted_interrupt",
+        "--infer-report=r.json",
+        "-k",
+        "logit_parity",
+        "-p",
+        "no:randomly",
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    doc = _report(planted)
+    assert [t["outcome"] for t in doc["tests"]][:1] == ["passed"]
+    assert any(r["technique"] == "sdpa" and r["passed"] for r in doc["results"])
+
+
+def test_state_a_test_leaves_does_not_reach_the_next(pytester: pytest.Pytester, run_infer) -> None:
+    pytester.makepyfile(
+        test_state="""
+        import torch
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+
+        def test_leaves_state(infer_config):
+            torch.set_default_dtype(torch.float64)
+            AttentionInterface.register("left_behind", sdpa_attention_forward)
+            torch.rand(3)
+
+
+        def test_sees_clean_state(infer_config):
+            assert torch.get_default_dtype() == torch.float32
+            assert "left_behind" not in AttentionInterface._global_mapping
+            first = torch.rand(3)
+            torch.manual_seed(0)
+            assert torch.equal(first, torch.rand(3))  # seeded per test
+        """
+    )
+    result = run_infer("-p", "no:randomly", "test_state.py")
+    result.assert_outcomes(passed=2)
