@@ -14,14 +14,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _pytest.outcomes import Failed  # pytest.fail.Exception, importable as a base class
+
 from pytest_infer.technique import Technique
 
 if TYPE_CHECKING:
     import torch
 
 
-class ModelLoadError(RuntimeError):
-    """Loading failed for a reason the user can fix; the message says how."""
+class ModelLoadError(Failed, RuntimeError):
+    """Loading failed for a reason the user can fix; the message says how.
+
+    A test failure without a traceback (``pytest.fail(message, pytrace=False)``): the frames would be
+    Transformers' internals, and the message already says what to change. Still a RuntimeError for code
+    that catches exceptions outside pytest."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message, pytrace=False)
+        self.cause = cause  # the original exception (not chained: pytest would print its text twice)
+
+
+def _why(exc: BaseException, source: ModelSource, limit: int = 600) -> str:
+    """An exception from ``from_pretrained`` as one line, with what to do for the causes we recognise."""
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    name = type(exc).__name__
+    if name == "SafetensorError" or "deserializing header" in text:
+        text += " -- a weights file is truncated or corrupt (an interrupted download?): save or download it again"
+    elif "Weights only load failed" in text:
+        text += (
+            " -- pytest-infer loads pickle checkpoints only with torch.load(weights_only=True), never with "
+            "arbitrary objects: convert the checkpoint to safetensors"
+        )
+    elif name == "JSONDecodeError":
+        text += " -- a JSON file of the model directory is corrupt: save or download it again"
+    if "trust_remote_code" in text and not source.trust_remote_code:
+        text += " -- this model needs its own code: pass --infer-trust-remote-code if you trust it"
+    if not source.is_local:
+        text += f" -- {source.name_or_path!r} is not a local directory, so it was looked up on the hub as a model id"
+    return text
 
 
 @dataclass(frozen=True)
@@ -73,10 +105,10 @@ def load_tokenizer(source: ModelSource) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(source.name_or_path, trust_remote_code=source.trust_remote_code)
-    except Exception as exc:  # transformers raises OSError/ValueError with long texts; keep the first line
+    except Exception as exc:  # transformers raises OSError/ValueError with long, multi-line texts
         raise ModelLoadError(
-            f"could not load a tokenizer for {source.name_or_path}: {str(exc).splitlines()[0]}"
-        ) from exc
+            f"could not load a tokenizer for {source.name_or_path}: {_why(exc, source)}", exc
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -100,10 +132,9 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
     try:
         model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
     except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "trust_remote_code" in str(exc) and not source.trust_remote_code:
-            text += " -- this model needs its own code: pass --infer-trust-remote-code if you trust it"
-        raise ModelLoadError(f"loading {source.label} with {technique.name} ({dtype}) failed: {text}") from exc
+        raise ModelLoadError(
+            f"loading {source.label} with {technique.name} ({dtype}) failed: {_why(exc, source)}", exc
+        ) from None
     if "device_map" not in kwargs:
         model.to(device)  # type: ignore[arg-type]  # transformers' overloads of .to()
     model.eval()

@@ -75,19 +75,50 @@ class InferSession:
         def ini(name: str) -> Any:
             return config.getini(name)
 
+        ini_file = str(config.inipath) if config.inipath else ""
         try:
-            values, sources = infer_config.resolve_raw(cli, ini)
-            cfg = infer_config.build(values, sources, Path(str(config.rootpath)))
+            values, sources = infer_config.resolve_raw(cli, ini, ini_file)
+            cfg = infer_config.build(values, sources, Path(str(config.rootpath)), ini_file)
+
+            def blamed(name: str) -> Any:  # errors name the option as the user set it (flag or ini)
+                return infer_config.blamed(name, cfg.sources, TechniqueError, ini_file=ini_file)
+
             registry = Registry(_builtin())
-            config.hook.pytest_infer_register_techniques(registry=registry)
+            try:
+                config.hook.pytest_infer_register_techniques(registry=registry)
+            except Exception as exc:  # a conftest's bug: say where, without pytest's internal traceback
+                impls = config.hook.pytest_infer_register_techniques.get_hookimpls()
+                at = infer_config.hook_origin(exc, [i.function for i in impls])
+                text = str(exc) if isinstance(exc, TechniqueError) else f"{type(exc).__name__}: {exc}"
+                raise infer_config.ConfigError(
+                    f"pytest_infer_register_techniques{f' ({at})' if at else ''}: {text}"
+                ) from None
+
+            def known(name: str, entry: str) -> None:  # "--infer-technique sdpa+nope: unknown technique 'nope'"
+                with blamed(name):
+                    try:
+                        registry.select([entry]) if name == "technique" else registry.get(entry)
+                    except TechniqueError as exc:
+                        flag = infer_config.OPTION_BY_NAME[name].flag
+                        raise infer_config.ConfigError(f"{flag} {entry}: {exc}") from None
+
+            for entry in cfg.techniques:
+                known("technique", entry)
             techniques = registry.select(cfg.techniques)
-            registry.get(cfg.reference)
+            known("reference", cfg.reference)
+            if cfg.baseline:
+                known("baseline", cfg.baseline)
             for spec in cfg.tolerance:
-                name, _, _ = parse_tolerance_spec(spec)
-                if name is not None:
-                    registry.get(name)
+                with blamed("tolerance"):
+                    name, _, _ = parse_tolerance_spec(spec)
+                    if name is not None:
+                        try:
+                            registry.get(name)
+                        except TechniqueError as exc:
+                            raise TechniqueError(f"tolerance {spec!r}: {exc}") from None
             if cfg.prompts:
-                _read_prompts(cfg.prompts)
+                with blamed("prompts"):
+                    _read_prompts(cfg.prompts)
             if cfg.plot:
                 from pytest_infer.plot import missing_dependency
 
@@ -99,7 +130,8 @@ class InferSession:
 
                     problem = validate_device(device)
                     if problem:
-                        raise infer_config.ConfigError(f"--infer-device {device}: {problem}")
+                        with blamed("device"):
+                            raise infer_config.ConfigError(f"--infer-device {device}: {problem}")
         except (infer_config.ConfigError, TechniqueError) as exc:
             raise pytest.UsageError(f"pytest-infer: {exc}") from None
         session = cls(config, cfg, registry)
@@ -234,8 +266,14 @@ class InferSession:
         )
         if hooked is not None:
             if not isinstance(hooked, Tolerance):
-                raise TypeError(
-                    f"pytest_infer_tolerance must return a pytest_infer.Tolerance or None, got {type(hooked).__name__}"
+                impls = self.pytest_config.hook.pytest_infer_tolerance.get_hookimpls()
+                where = ", ".join(
+                    f"{i.function.__code__.co_filename}" for i in impls if hasattr(i.function, "__code__")
+                )
+                pytest.fail(
+                    f"pytest_infer_tolerance ({where}) must return a pytest_infer.Tolerance or None, got "
+                    f"{type(hooked).__name__} {hooked!r}: return default.replace(max_abs=...) to change a bound",
+                    pytrace=False,
                 )
             tol = hooked
         if node is not None:
@@ -248,9 +286,10 @@ class InferSession:
                 key = kwargs.pop("stack", None)
                 unknown = set(kwargs) - set(TOLERANCE_METRICS)
                 if unknown:
-                    raise TechniqueError(
+                    pytest.fail(
                         f"@pytest.mark.infer_tolerance: unknown keyword(s) {', '.join(sorted(unknown))}; "
-                        f"valid: {', '.join(TOLERANCE_METRICS)}, stack"
+                        f"valid: {', '.join(TOLERANCE_METRICS)}, stack",
+                        pytrace=False,
                     )
                 if key is None or stack_key_specificity(str(key), stack) > 0:
                     tol = tol.replace(**kwargs)
@@ -279,9 +318,17 @@ class InferSession:
             cases = self.cases(family)
             if argname == "infer_compiled_case":
                 cases = [c for c in cases if c.technique.compiled]
+            self._check_markers(metafunc)
             marker = metafunc.definition.get_closest_marker("infer_techniques")
             if marker is not None:
-                allowed = {t.name for t in self.registry.select(marker.args)}
+                try:
+                    allowed = {t.name for t in self.registry.select(marker.args)}
+                except TechniqueError as exc:
+                    allowed, problem = set(), f"{metafunc.definition.nodeid}: @pytest.mark.infer_techniques: {exc}"
+                else:
+                    problem = ""
+                if problem:  # outside the except block: no "during handling of the above exception" chain
+                    pytest.fail(problem, pytrace=False)
                 cases = [c for c in cases if c.technique.name in allowed]
             from pytest_infer.known_issues import CHECKS
 
@@ -292,6 +339,15 @@ class InferSession:
                 params = [pytest.param(None, id="none", marks=pytest.mark.infer_not_selected)]
             metafunc.parametrize(argname, params)
             return
+
+    @staticmethod
+    def _check_markers(metafunc: pytest.Metafunc) -> None:
+        """A pytest-infer marker with wrong arguments fails the collection of its test (before any model
+        loads) instead of failing after the measurement, or silently not applying."""
+        for marker in metafunc.definition.iter_markers():
+            problem = infer_config.marker_problem(marker.name, marker.args, marker.kwargs)
+            if problem:
+                pytest.fail(f"{metafunc.definition.nodeid}: {problem}", pytrace=False)
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         dropped = [i for i in items if i.get_closest_marker("infer_not_selected") is not None]
@@ -456,14 +512,18 @@ def _builtin() -> list[Technique]:
 
 def _read_prompts(path: str) -> tuple[str, ...]:
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise infer_config.ConfigError(f"--infer-prompts {path}: is a directory; give a text file, one prompt per line")
     if not p.is_file():
         raise infer_config.ConfigError(f"--infer-prompts {path}: no such file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise infer_config.ConfigError(
-            f"--infer-prompts {path}: not UTF-8 ({exc.reason} at byte {exc.start})"
+            f"--infer-prompts {path}: not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
+    except OSError as exc:
+        raise infer_config.ConfigError(f"--infer-prompts {path}: cannot read it ({exc.strerror})") from None
     prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
     if not prompts:
         raise infer_config.ConfigError(
