@@ -30,6 +30,12 @@ CHECKS = {
     "test_cache_arguments_not_mutated": "cache_arguments",
     "test_kv_cache_memory": "cache",
     "test_rank_agreement": "ranks",
+    # the perf suite: timed generate / forward calls of the technique
+    "test_decode_speed": "decode",
+    "test_memory": "decode",
+    "test_prefill_latency": "prefill",
+    "test_time_to_first_token": "prefill",
+    "test_model_load": "load",
 }
 
 
@@ -70,7 +76,7 @@ def _in_features_not_multiple_of_64(config: ModelConfig) -> bool:
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
         technique="flex_attention",
-        check="generation",
+        check=("generation", "decode"),  # the perf suite's decode and memory scenarios run the same generate
         affected=Requirements(device_kinds=frozenset({"cpu"}), packages=(("torch", ">=2.13,<2.14"),)),
         reason=(
             "torch 2.13 inductor (CPU): flex_attention in generate() on a left-padded batch emits C++ that does "
@@ -81,7 +87,8 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     *(
         KnownIssue(
             technique=name,
-            check=("logits", "padding", "generation", "inference_mode"),  # every check that runs a forward
+            # every check that runs a forward
+            check=("logits", "padding", "generation", "inference_mode", "decode", "prefill"),
             affected=Requirements(
                 device_kinds=frozenset({"cpu"}),
                 packages=(("bitsandbytes", ">=0.48,<=0.50.2"),),
@@ -109,7 +116,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     ),
     KnownIssue(
         technique="kernels_use_kernels_local",
-        check=("logits", "padding", "generation", "inference_mode"),  # every check that loads the model
+        check=("logits", "padding", "generation", "inference_mode", "decode", "prefill", "load"),  # every load
         affected=Requirements(packages=(("transformers", "==5.24.0"),)),
         reason=(
             "transformers 5.24: from_pretrained(use_kernels=True, kernel_config=KernelConfig(..., "
