@@ -1,21 +1,27 @@
 """Honest measurement: device-synchronised timers, memory probes, and paired ratio decisions.
 
 - Timing: CUDA events after a synchronize on cuda, ``perf_counter_ns`` elsewhere; warm-up calls are
-  never in the numbers; the first call (compile) is reported apart.
-- Memory: peak device memory (peak stats reset first), real weight storage (quantized tensor
-  subclasses unwrapped: ``get_memory_footprint()`` reports 1.0x for torchao/quanto).
-- Ratios: candidate and baseline are timed in alternating rounds (drift hits both), and a claim is
-  decided on the interval of the paired log-ratios: the lower bound of the speedup's 95 % interval must
-  clear the threshold to pass, the upper bound must fall below it to fail; otherwise "inconclusive".
+  never in the numbers; the first call (compile) is reported apart; the cyclic garbage collector is
+  paused during timed rounds (as ``timeit`` does).
+- Memory: peak device memory (peak stats reset first), peak host RSS over its start (Linux's own
+  high-water mark reset first, else sampled), real weight storage (quantized tensor subclasses
+  unwrapped: ``get_memory_footprint()`` reports 1.0x for torchao/quanto).
+- Ratios: candidate and baseline are timed in alternating rounds (drift hits both); the speedup is
+  the median of the per-round ratios, and a claim is decided on the interval of the paired
+  log-ratios: the lower bound of the speedup's 95 % interval must clear the threshold to pass, the
+  upper bound must fall below it to fail; otherwise "inconclusive".
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
+import os
 import statistics
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,7 +77,10 @@ class Timer:
             torch.cuda.synchronize()
 
     @contextlib.contextmanager
-    def region(self, into: list[float]) -> Iterator[None]:
+    def region(self, into: list[float], cpu_into: list[float] | None = None) -> Iterator[None]:
+        """Append the wall seconds of the block to ``into``; off cuda, its process CPU seconds to ``cpu_into``
+        (time the process ran, whichever thread: unlike wall time, it does not grow while the process waits
+        for a core on a shared machine)."""
         if self.cuda:
             import torch
 
@@ -83,9 +92,12 @@ class Timer:
             torch.cuda.synchronize()
             into.append(start.elapsed_time(end) / 1000.0)
         else:
+            c0 = time.process_time_ns()
             t0 = time.perf_counter_ns()
             yield
             into.append((time.perf_counter_ns() - t0) / 1e9)
+            if cpu_into is not None:
+                cpu_into.append((time.process_time_ns() - c0) / 1e9)
 
 
 def weight_bytes(model: Any) -> int:
@@ -154,6 +166,80 @@ def peak_memory(device: str, into: dict[str, int]) -> Iterator[None]:
     into["peak_over_start"] = int(torch.cuda.max_memory_allocated() - base)
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_HWM_RESET: list[bool] = []  # [works?] once known
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (VmRSS, VmHWM); None without ``/proc``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _statm_rss() -> int:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (``clear_refs`` 5, Linux >= 4.0); False where refused."""
+    if _HWM_RESET and not _HWM_RESET[0]:
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        ok = True
+    except OSError:
+        ok = False
+    if not _HWM_RESET:
+        _HWM_RESET.append(ok)
+    return ok
+
+
+@contextlib.contextmanager
+def host_peak_rss(into: dict[str, int]) -> Iterator[None]:
+    """Peak resident memory of this process during the block over what it held at the start, in bytes
+    (``peak_rss_delta``; ``peak_rss``: the peak itself; ``rss_exact``: 1 when read from the kernel's mark).
+
+    Exact where Linux lets a process reset its own high-water mark (``/proc/self/clear_refs``, then
+    ``VmHWM``); otherwise a thread samples ``/proc/self/statm`` every millisecond (a peak shorter than that
+    can be missed); without ``/proc`` nothing is recorded. Resetting the mark also resets what
+    ``getrusage`` reports as ``ru_maxrss`` for this process.
+    """
+    start_kib = _status_kib("VmRSS")
+    if start_kib is None:
+        yield
+        return
+    start = start_kib * 1024
+    if _reset_rss_peak():
+        yield
+        peak = (_status_kib("VmHWM") or start_kib) * 1024
+        into.update(peak_rss=peak, peak_rss_delta=max(0, peak - start), rss_exact=1)
+        return
+    highest = [start]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.001):
+            highest[0] = max(highest[0], _statm_rss())
+
+    thread = threading.Thread(target=sample, name="pytest-infer-rss", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    peak = max(highest[0], _statm_rss())
+    into.update(peak_rss=peak, peak_rss_delta=max(0, peak - start), rss_exact=0)
+
+
 @dataclass
 class Paired:
     """Alternating rounds of baseline and candidate: times, and the speedup interval."""
@@ -162,8 +248,17 @@ class Paired:
     candidate_s: list[float]
 
     @property
+    def ratios(self) -> list[float]:
+        return [b / c for b, c in zip(self.baseline_s, self.candidate_s, strict=True) if b > 0 and c > 0]
+
+    @property
     def speedup(self) -> float:
-        return statistics.median(self.baseline_s) / statistics.median(self.candidate_s)
+        """Median of the per-round ratios: each round's pair ran back to back, so what the machine does to
+        both cancels, and one disturbed round moves the median little."""
+        ratios = self.ratios
+        if not ratios:
+            return statistics.median(self.baseline_s) / statistics.median(self.candidate_s)
+        return statistics.median(ratios)
 
     def interval(self) -> tuple[float, float]:
         """95 % interval of the speedup from the paired log-ratios (t-interval of their mean)."""
@@ -188,11 +283,14 @@ def cv(xs: Sequence[float]) -> float:
 
 @dataclass
 class PerfResult:
+    """One perf scenario (``scenario_key``: decode, prefill, ttft, load, memory, batching) of a technique
+    against the baseline, timed in paired rounds; ``extra`` holds the scenario's own figures."""
+
     technique: str
     baseline: str
     device: str
     dtype: str
-    scenario: str
+    scenario: str  # the label, e.g. "decode 32 tokens x 8 prompts"
     new_tokens: int
     batch: int
     rounds: int
@@ -201,33 +299,53 @@ class PerfResult:
     baseline_first_call_s: float
     candidate_s: list[float]
     baseline_s: list[float]
-    weight_bytes: int
-    baseline_weight_bytes: int
+    weight_bytes: int = 0
+    baseline_weight_bytes: int = 0
     memory: dict[str, int] = field(default_factory=dict)
     baseline_memory: dict[str, int] = field(default_factory=dict)
     claims: list[dict[str, Any]] = field(default_factory=list)  # metric, op, value, measured, low, high, verdict
+    scenario_key: str = "decode"
+    tokens: int = 0  # tokens one timed call processes (tokens/s); 0: not a throughput figure
+    extra: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. pytest-benchmark off: nothing stored or compared
+    calls: int = 1  # candidate calls per timed sample (short calls are repeated; times are per call)
+    baseline_calls: int = 1
+    cpu_candidate_s: list[float] = field(default_factory=list)  # process CPU seconds per call (off cuda)
+    cpu_baseline_s: list[float] = field(default_factory=list)
     kind: str = "performance"
 
     @property
     def metrics(self) -> dict[str, float]:
-        med = statistics.median(self.candidate_s)
-        paired = Paired(self.baseline_s, self.candidate_s)
-        low, high = paired.interval()
-        m = {
-            "median_s": med,
-            "ms_per_token": 1000 * med / max(1, self.new_tokens),
-            "tokens_per_s": self.batch * self.new_tokens / med,
-            "cv": cv(self.candidate_s),
-            "speedup": paired.speedup,
-            "speedup_low": low,
-            "speedup_high": high,
-            "compile_s": max(0.0, self.first_call_s - med),
-            "weight_bytes": float(self.weight_bytes),
-            "weight_memory_ratio": self.weight_bytes / max(1, self.baseline_weight_bytes),
-        }
+        m: dict[str, float] = {}
+        if self.candidate_s:
+            med = statistics.median(self.candidate_s)
+            m["median_s"] = med
+            if self.scenario_key == "decode":
+                m["ms_per_token"] = 1000 * med / max(1, self.new_tokens)
+            if self.tokens:
+                m["tokens_per_s"] = self.tokens / med
+            m["cv"] = cv(self.candidate_s)
+            if self.baseline_s:
+                paired = Paired(self.baseline_s, self.candidate_s)
+                low, high = paired.interval()
+                m.update(speedup=paired.speedup, speedup_low=low, speedup_high=high)
+            if self.first_call_s and self.scenario_key != "load":
+                m["compile_s"] = max(0.0, self.first_call_s - med)
+        if self.cpu_candidate_s:
+            m["cpu_s"] = statistics.median(self.cpu_candidate_s)
+            if self.cpu_baseline_s:
+                m["cpu_speedup"] = Paired(self.cpu_baseline_s, self.cpu_candidate_s).speedup
+        if self.weight_bytes:
+            m["weight_bytes"] = float(self.weight_bytes)
+            m["weight_memory_ratio"] = self.weight_bytes / max(1, self.baseline_weight_bytes)
         if "peak_allocated" in self.memory and self.baseline_memory.get("peak_allocated"):
             m["peak_memory"] = float(self.memory["peak_allocated"])
             m["peak_memory_ratio"] = self.memory["peak_allocated"] / self.baseline_memory["peak_allocated"]
+        if "peak_rss_delta" in self.memory:
+            m["peak_rss_delta"] = float(self.memory["peak_rss_delta"])
+            if self.baseline_memory.get("peak_rss_delta"):
+                m["peak_rss_ratio"] = self.memory["peak_rss_delta"] / self.baseline_memory["peak_rss_delta"]
+        m.update(self.extra)
         return m
 
     @property
@@ -244,14 +362,13 @@ class PerfResult:
         return [_claim_text(c) for c in self.claims if c["verdict"] == "fail"]
 
     def message(self) -> str:
-        m = self.metrics
+        first = f"; first call {self.first_call_s:.2f} s" if self.first_call_s else ""
         lines = [
             f"{self.scenario} of {self.technique} vs {self.baseline} ({self.dtype}, {self.device}): "
-            f"{m['ms_per_token']:.3g} ms/token, {m['tokens_per_s']:.4g} tokens/s (CV {100 * m['cv']:.1f} %), "
-            f"speedup {m['speedup']:.3g}x [95 %: {m['speedup_low']:.3g}, {m['speedup_high']:.3g}] over "
-            f"{self.rounds} paired rounds; first call {self.first_call_s:.2f} s; weights {m['weight_memory_ratio']:.3g}x"
+            f"{perf_headline(self.scenario_key, self.metrics, self.baseline, self.rounds, self.calls)}{first}"
         ]
         lines.extend(f"  {c['verdict'].upper()}: {_claim_text(c)}" for c in self.claims)
+        lines.extend(f"  NOTE: {n}" for n in self.notes)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +384,56 @@ class PerfResult:
         return d
 
 
+def _bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def perf_headline(key: str, m: Mapping[str, float], baseline: str, rounds: int, calls: int = 1) -> str:
+    """The figures of one perf result (its ``metrics``), as one line: what the terminal and messages show."""
+    parts: list[str] = []
+    ms = 1000 * m.get("median_s", float("nan"))
+    if key == "decode" and "ms_per_token" in m:
+        parts.append(f"{m['ms_per_token']:.3g} ms/token, {m.get('tokens_per_s', float('nan')):.4g} tokens/s")
+        if "decode_ms_per_token" in m:
+            parts[-1] += f", {m['decode_ms_per_token']:.3g} ms/token after the first"
+    elif key == "prefill" and "median_s" in m:
+        parts.append(f"{ms:.3g} ms, {m.get('tokens_per_s', float('nan')):.4g} prompt tokens/s")
+    elif key == "ttft" and "median_s" in m:
+        parts.append(f"time to first token {ms:.3g} ms")
+    elif key == "load" and "median_s" in m:
+        parts.append(f"load {m['median_s']:.3g} s")
+    elif key == "batching" and "tokens_per_s" in m:
+        parts.append(
+            f"generate_batch {m['tokens_per_s']:.4g} tokens/s vs {m.get('sequential_tokens_per_s', float('nan')):.4g} "
+            "sequential"
+        )
+    elif "median_s" in m:
+        parts.append(f"{ms:.3g} ms per call")
+    if parts and "cv" in m:
+        parts[-1] += f" (CV {100 * m['cv']:.1f} %)"
+    if "speedup" in m:
+        parts.append(
+            f"speedup {m['speedup']:.3g}x [95 %: {m.get('speedup_low', float('nan')):.3g}, "
+            f"{m.get('speedup_high', float('nan')):.3g}] over {rounds} paired rounds"
+            f"{f' of {calls} calls' if calls > 1 else ''} vs {baseline}"
+            + (f" (CPU time {m['cpu_speedup']:.3g}x)" if "cpu_speedup" in m else "")
+        )
+    if "weight_bytes" in m:
+        parts.append(f"weights {_bytes(m['weight_bytes'])} ({m.get('weight_memory_ratio', float('nan')):.3g}x)")
+    if "kv_bytes" in m:
+        ratio = f" ({m['kv_memory_ratio']:.3g}x)" if "kv_memory_ratio" in m else ""
+        parts.append(f"KV cache {_bytes(m['kv_bytes'])}{ratio}")
+    if "peak_memory" in m:
+        parts.append(f"peak device memory {_bytes(m['peak_memory'])} ({m.get('peak_memory_ratio', float('nan')):.3g}x)")
+    if "peak_rss_delta" in m:
+        ratio = f" ({m['peak_rss_ratio']:.3g}x)" if "peak_rss_ratio" in m else ""
+        parts.append(f"peak host RSS +{_bytes(m['peak_rss_delta'])}{ratio}")
+    return "; ".join(parts) or "no figures"
+
+
 def _claim_text(c: dict[str, Any]) -> str:
     if c.get("text"):
         return f"{c['text']}{c.get('source', '')}"
@@ -274,18 +441,65 @@ def _claim_text(c: dict[str, Any]) -> str:
     return f"{c['metric']} {c['measured']:.3g}{interval} {c['op']} {c['value']:g} expected{c.get('source', '')}"
 
 
+MIN_SAMPLE_S = 0.1  # shortest timed sample: a shorter call is repeated within one sample
+
+
+def calls_per_sample(run: Callable[[], object], timer: Timer, min_sample_s: float = MIN_SAMPLE_S) -> int:
+    """Calls per timed sample so that a sample lasts at least ``min_sample_s`` (one call timed to find out).
+
+    A shared machine preempts a process for whole time slices (milliseconds): a call of a few milliseconds is
+    then either untouched or doubled, and a median of a few such samples jumps between the two. Repeating the
+    call within one sample averages the preemptions out (as pytest-benchmark's calibration and ``timeit`` do)."""
+    took: list[float] = []
+    with timer.region(took):
+        run()
+    return max(1, min(1000, math.ceil(min_sample_s / max(took[0], 1e-6))))
+
+
+def repeated(run: Callable[[], object], calls: int) -> Callable[[], None]:
+    """``run`` called ``calls`` times: one timed sample."""
+
+    def sample() -> None:
+        for _ in range(calls):
+            run()
+
+    return sample
+
+
 def paired_rounds(
-    run_baseline: Callable[[], None], run_candidate: Callable[[], None], timer: Timer, rounds: int, warmup: int
+    run_baseline: Callable[[], object],
+    run_candidate: Callable[[], object],
+    timer: Timer,
+    rounds: int,
+    warmup: int,
+    cpu: tuple[list[float], list[float]] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Warm both up, then alternate timed rounds (baseline, candidate) so drift affects both alike."""
+    """Warm both up, then alternate timed rounds (baseline, candidate) so drift affects both alike; wall seconds
+    per round of each side, and (off cuda) their CPU seconds appended to ``cpu`` (baseline, candidate)."""
     for _ in range(warmup):
         run_baseline()
         run_candidate()
     base: list[float] = []
     cand: list[float] = []
-    for i in range(rounds):
-        order = (run_baseline, run_candidate) if i % 2 == 0 else (run_candidate, run_baseline)
-        for fn in order:
-            with timer.region(base if fn is run_baseline else cand):
-                fn()
+    with gc_paused():
+        for i in range(rounds):
+            order = (run_baseline, run_candidate) if i % 2 == 0 else (run_candidate, run_baseline)
+            for fn in order:
+                side = 0 if fn is run_baseline else 1
+                with timer.region((base, cand)[side], cpu[side] if cpu is not None else None):
+                    fn()
     return base, cand
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off during timed calls, as ``timeit`` does: a collection in a process
+    holding torch and transformers takes tenths of a second and would land in one round at random. Reference
+    counting still frees everything else; the collector runs again after the block."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

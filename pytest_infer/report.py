@@ -31,9 +31,12 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
     passed = sum(bool(r.get("passed")) for r in results)
     verdict = "pass" if passed == len(results) else "FAIL"
     if results[0].get("check") == "speed":
-        r = results[-1]
-        verdict = {"pass": "pass", "fail": "FAIL", "inconclusive": "?"}.get(r.get("verdict", ""), "?")
-        return f"{verdict} {r.get('metrics', {}).get('speedup', float('nan')):.2f}x"
+        # every perf scenario of the technique: the worst verdict, and the decode speedup (else the first one)
+        verdicts = {r.get("verdict", "") for r in results}
+        verdict = "FAIL" if "fail" in verdicts else "?" if verdicts - {"pass"} else "pass"
+        timed = [r for r in results if "speedup" in r.get("metrics", {})]
+        shown = next((r for r in timed if r.get("scenario_key", "decode") == "decode"), timed[0] if timed else None)
+        return f"{verdict} {shown['metrics']['speedup']:.2f}x" if shown else verdict
     if results[0].get("check") == "recompile":
         return ""
     if results[0].get("check") == "ranks":
