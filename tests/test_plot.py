@@ -79,7 +79,11 @@ def test_session_plot_and_offline_plot_from_its_report(pytester: pytest.Pytester
     assert set(points) == {"sdpa", "static_cache", "skewed"}
     assert points["sdpa"].parity == "pass" and points["skewed"].parity == "fail"
     assert points["static_cache"].parity is None  # runs under generate: no logit check, generation not run
-    speed = {r["technique"]: r["metrics"] for r in doc["results"] if r["check"] == "speed"}
+    speed = {
+        r["technique"]: r["metrics"]
+        for r in doc["results"]
+        if r["check"] == "speed" and r.get("scenario_key", "decode") == "decode"
+    }
     for name, p in points.items():
         assert p.speedup == speed[name]["speedup"] and p.memory_ratio == speed[name]["weight_memory_ratio"]
         assert p.memory_metric == "weight_memory_ratio"  # cpu: no peak memory measured

@@ -81,6 +81,6 @@ def test_infer_list_prints_the_catalogue_and_exits(run_infer) -> None:
             "  eager * attention * runnable",
             "  flash_attention_2 * attention * skip: needs a cuda device, running on cpu",
             "  static_compile * compilation * runnable",
-            "  hqq_4bit * quantization * skip: transformers * does not implement HQQ weight loading*",
+            "  hqq_4bit * quantization*skip: transformers * does not implement HQQ weight loading*",
         ]
     )
