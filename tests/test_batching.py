@@ -242,6 +242,7 @@ def test_budget_not_applied_is_named() -> None:
 
 
 # --- throughput -------------------------------------------------------------------------------------------------
+@pytest.mark.timing
 def test_throughput_measurement_counts_both_sides(model: Any, tokenizer: Any) -> None:
     # a perf run may change the budget; it stays explicit
     with pytest.raises(BatchingError, match="leaves max_batch_tokens unset"):

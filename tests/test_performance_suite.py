@@ -120,6 +120,8 @@ def test_every_scenario_reaches_pytest_benchmark_the_report_and_the_terminal(
 CLAIMING = """
 from pytest_infer import Expectation, Technique
 
+pytestmark = pytest.mark.timing  # measured time: run alone (README: -m timing)
+
 
 def pytest_infer_register_techniques(registry):
     # the same model as the baseline: a 50x decode speedup cannot hold, a 0.01x prefill one must

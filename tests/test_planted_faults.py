@@ -169,6 +169,7 @@ def pytest_infer_register_techniques(registry):
 """
 
 
+@pytest.mark.timing
 def test_slowed_technique_fails_the_speed_gate(pytester: pytest.Pytester, run_infer) -> None:
     pytester.makeconftest(SLOW)
     pytester.makepyfile(
