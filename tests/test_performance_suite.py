@@ -15,6 +15,8 @@ import pytest
 from pytest_infer.bench import parse_compare_fail, regressions
 from pytest_infer.measure import Paired, Timer, calls_per_sample, host_peak_rss
 
+pytestmark = pytest.mark.timing  # measured time: run alone (README: -m timing)
+
 
 def _proof_script():  # the technique `planted` of scripts/perf_regression_proof.py: one definition for both
     path = Path(__file__).resolve().parents[1] / "scripts" / "perf_regression_proof.py"
@@ -119,8 +121,6 @@ def test_every_scenario_reaches_pytest_benchmark_the_report_and_the_terminal(
 
 CLAIMING = """
 from pytest_infer import Expectation, Technique
-
-pytestmark = pytest.mark.timing  # measured time: run alone (README: -m timing)
 
 
 def pytest_infer_register_techniques(registry):
