@@ -4,7 +4,8 @@
   worker (``-n 1`` is added when no ``-n`` is given, and worker restarts are not capped). When a worker dies,
   xdist fails the test it was running ("worker 'gw0' crashed while running ...") and starts a new worker for
   the rest; the results of the finished tests already reached the controller's reports
-  (:mod:`pytest_infer.xdist_results`). Measured cost: one extra interpreter with torch (docs/reliability.md).
+  (:mod:`pytest_infer.xdist_results`). Cost: one worker interpreter importing torch and Transformers again
+  (not yet timed; docs/reliability.md).
 - **Hangs**: ``--infer-timeout SECONDS`` fails a test that runs longer, with the timeout and the stack of where
   it was (``SIGALRM`` in the main thread, as pytest-timeout's signal method); a hang inside native code that never
   returns to Python is caught under ``--infer-isolate`` by ``faulthandler``, which dumps every thread's stack
