@@ -28,6 +28,12 @@ _KEEP = {
     "numpy",
     "functorch",
     "pytest_infer",
+    "psutil",  # Transformers' continuous batching looks it up through sys.modules["psutil"]
+    "bitsandbytes",
+    "torchao",
+    "optimum",
+    "hqq",
+    "kernels",
 }
 _snapshot_init = _pytester.SysModulesSnapshot.__init__
 
