@@ -15,7 +15,7 @@ import pytest
 from pytest_infer.bench import parse_compare_fail, regressions
 from pytest_infer.measure import Paired, Timer, calls_per_sample, host_peak_rss
 
-pytestmark = pytest.mark.timing  # measured time: run alone (README: -m timing)
+pytestmark = pytest.mark.timing  # measured time: run alone (README: -m "timing and not slow")
 
 
 def _proof_script():  # the technique `planted` of scripts/perf_regression_proof.py: one definition for both
