@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_infer.generation import token_divergence
 from pytest_infer.technique import Technique
 
 if TYPE_CHECKING:
@@ -551,26 +552,18 @@ def compare_requests(
             continue
         ref, cand = ref[:new_tokens], cand[:new_tokens]
         row = RequestRow(status="match", compared=min(len(ref), len(cand)), **common)  # type: ignore[arg-type]
-        for step, (rt, ct) in enumerate(zip(ref, cand, strict=False)):
-            if rt == ct:
-                continue
-            margin = reference.margins[i][step] if reference.margins else None
+        d = token_divergence(ref, cand, tokenizer, prompts[i] if i < len(prompts) else "")
+        if d is not None:
+            margin = reference.margins[i][d.step] if reference.margins else None
             row = RequestRow(
                 status="near_tie" if margin is not None and margin < near_tie else "diverged",
-                compared=step,
-                step=step,
-                reference_token=rt,
-                candidate_token=ct,
-                reference_piece=tokenizer.decode([rt]),
-                candidate_piece=tokenizer.decode([ct]),
+                compared=d.step,
                 reference_margin=margin,
-                text_so_far=(prompts[i] if i < len(prompts) else "") + tokenizer.decode(ref[:step]),
+                **dataclasses.asdict(d),
                 **common,  # type: ignore[arg-type]
             )
-            break
-        else:
-            if len(cand) < min(len(ref), new_tokens):
-                row.status = "short"
+        elif len(cand) < min(len(ref), new_tokens):
+            row.status = "short"
         rows.append(row)
     return rows
 

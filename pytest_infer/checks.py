@@ -39,7 +39,21 @@ class ParityChecks:
 
     def model(self, case: Case) -> Any:
         s = self.session
-        return s.cache.model(self._key(case), lambda: load_model(s.source, case.technique, case.dtype, case.device))
+
+        def load() -> Any:
+            with s.progress.step(f"loading {s.source.label} with {case.technique.name} ({case.dtype}, {case.device})"):
+                return load_model(s.source, case.technique, case.dtype, case.device)
+
+        return s.cache.model(self._key(case), load)
+
+    def _step(self, case: Case, what: str) -> Any:
+        """A progress step around a call of the case's technique (see :mod:`pytest_infer.progress`)."""
+        t = case.technique
+        if t.runner == "multiprocess":
+            verb = f"running {t.name} on {self.session.config.tp_size} ranks"
+        else:
+            verb = f"{'compiling and running' if t.compiled else 'running'} {t.name}"
+        return self.session.progress.step(f"{verb} ({case.dtype}, {case.device}): {what}")
 
     @contextlib.contextmanager
     def _guard(self, case: Case) -> Iterator[None]:
@@ -74,7 +88,9 @@ class ParityChecks:
 
         def compute() -> tuple[Any, Any]:
             batch = encode(self.tokenizer, self.prompts, device)
-            return forward_logits(self.model(case), batch, case.technique), batch.attention_mask
+            model = self.model(case)
+            with self._step(case, "the reference logits"):
+                return forward_logits(model, batch, case.technique), batch.attention_mask
 
         return self.session.cache.tensor(key, compute)
 
@@ -374,9 +390,10 @@ class ParityChecks:
         from pytest_infer.recompile import recompile_guard
 
         self.session.cache.discard(self._key(case))  # warm-up must start from an uncompiled model
-        return self._record(
-            recompile_guard(self.model(case), self.tokenizer, self.prompts, case.technique, case.device, case.dtype)
-        )
+        model = self.model(case)
+        with self._step(case, "the recompile guard's warm-up and varied calls"):
+            result = recompile_guard(model, self.tokenizer, self.prompts, case.technique, case.device, case.dtype)
+        return self._record(result)
 
     def assert_no_recompiles(self, case: Case) -> Any:
         with self._guard(case):
@@ -404,8 +421,11 @@ class ParityChecks:
         if case.technique.runner == "multiprocess" and model is None:
             from pytest_infer import distributed
 
-            return distributed.logits(self.session, case, batch)
-        return forward_logits(model if model is not None else self.model(case), batch, case.technique)
+            with self._step(case, "logits"):
+                return distributed.logits(self.session, case, batch)
+        model = model if model is not None else self.model(case)
+        with self._step(case, f"logits of {batch.input_ids.shape[0]} prompts"):
+            return forward_logits(model, batch, case.technique)
 
     def _candidate_generate(self, case: Case, batch: Any, new_tokens: int) -> Any:
         """The case's greedy generation of ``new_tokens`` tokens (``multiprocess``: run by its ranks)."""
@@ -414,8 +434,11 @@ class ParityChecks:
         if case.technique.runner == "multiprocess":
             from pytest_infer import distributed
 
-            return distributed.generate(self.session, case, batch, new_tokens)
-        return greedy_generate(self.model(case), self.tokenizer, batch, case.technique, new_tokens)
+            with self._step(case, f"generate {new_tokens} tokens"):
+                return distributed.generate(self.session, case, batch, new_tokens)
+        model = self.model(case)
+        with self._step(case, f"generate {new_tokens} tokens x {batch.input_ids.shape[0]} prompts"):
+            return greedy_generate(model, self.tokenizer, batch, case.technique, new_tokens)
 
     def _localize(self, case: Case, model: Any | None) -> str | None:
         from pytest_infer.localize import first_divergence

@@ -44,7 +44,7 @@ class Option:
     kind: str = "str"  # str | list | bool | int | float
     metavar: str = "VALUE"
     choices: tuple[str, ...] = ()
-    minimum: int = 1  # for kind "int"
+    minimum: int = 1  # for kinds "int" and "float"
 
     @property
     def flag(self) -> str:
@@ -198,6 +198,15 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0,
     ),
     Option(
+        "progress",
+        "seconds a step (loading, compiling, benchmarking a technique) runs before the terminal names it "
+        "(0: never; never under -q or on xdist workers)",
+        3.0,
+        "float",
+        "SECONDS",
+        minimum=0,
+    ),
+    Option(
         "plot",
         "write a PNG of speedup vs memory ratio per technique, parity marked (needs matplotlib: pytest-infer[plot])",
         "",
@@ -248,6 +257,7 @@ class InferConfig:
     plot: str = ""
     isolate: bool = False
     timeout: int = 0
+    progress: float = 3.0
     tolerance: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
@@ -309,6 +319,14 @@ def _coerce(opt: Option, raw: Any, source: str, ini_file: str = "") -> Any:
         if value < opt.minimum:
             raise ConfigError(f"{what}: must be at least {opt.minimum}, got {value}{where}")
         return value
+    if opt.kind == "float":
+        try:
+            number = float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{what}: expected a number, got {raw!r}{where}") from None
+        if not number >= opt.minimum:  # also rejects nan
+            raise ConfigError(f"{what}: must be at least {opt.minimum}, got {raw!r}{where}")
+        return number
     return str(raw).strip()
 
 
@@ -634,6 +652,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         plot=check("plot", validate_report_path, values["plot"], rootdir, "--infer-plot"),
         isolate=values["isolate"],
         timeout=values["timeout"],
+        progress=values["progress"],
         tolerance=tuple(values["tolerance"]),
         sources=dict(sources),
     )

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_infer.generation import token_divergence
+
 if TYPE_CHECKING:
     import torch
 
@@ -757,20 +759,19 @@ def compare_ranks(
             mine, theirs = results.tokens[first][n], results.tokens[rank].get(n, [])
             for row, ref_row in enumerate(mine):
                 other = theirs[row] if row < len(theirs) else []
-                steps = min(len(ref_row), len(other))
-                diff = next((s for s in range(steps) if ref_row[s] != other[s]), None)
-                compared += diff if diff is not None else steps
-                if diff is not None:
+                d = token_divergence(ref_row, other, tokenizer)
+                compared += d.step if d is not None else min(len(ref_row), len(other))
+                if d is not None:
                     disagreements.append(
                         Disagreement(
                             rank,
                             n,
                             row,
-                            diff,
-                            other[diff],
-                            ref_row[diff],
-                            tokenizer.decode([other[diff]]),
-                            tokenizer.decode([ref_row[diff]]),
+                            d.step,
+                            d.candidate_token,
+                            d.reference_token,
+                            d.candidate_piece,
+                            d.reference_piece,
                         )
                     )
                 elif len(ref_row) != len(other):

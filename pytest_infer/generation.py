@@ -271,6 +271,33 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.3g}"
 
 
+@dataclass(frozen=True)
+class TokenDivergence:
+    """Where two greedy token sequences first part: the step, both tokens, decoded, and the text before it."""
+
+    step: int
+    reference_token: int
+    candidate_token: int
+    reference_piece: str
+    candidate_piece: str
+    text_so_far: str
+
+
+def token_divergence(
+    reference: Sequence[int], candidate: Sequence[int], tokenizer: Any, prompt: str = ""
+) -> TokenDivergence | None:
+    """The first step (over the common length) where ``candidate`` differs from ``reference``; None if none.
+
+    Shared by generation parity, continuous batching (per request) and tensor parallelism (per rank)."""
+    step = next((s for s, (r, c) in enumerate(zip(reference, candidate, strict=False)) if r != c), None)
+    if step is None:
+        return None
+    rt, ct = reference[step], candidate[step]
+    return TokenDivergence(
+        step, rt, ct, tokenizer.decode([rt]), tokenizer.decode([ct]), prompt + tokenizer.decode(list(reference[:step]))
+    )
+
+
 def compare_generations(
     reference: Generated,
     candidate: Generated,
@@ -291,28 +318,19 @@ def compare_generations(
     for b, (ref, cand) in enumerate(zip(reference.tokens, candidate.tokens, strict=False)):
         ref, cand = ref[:new_tokens], cand[:new_tokens]
         row = GenerationRow(row=b, status="match", compared=min(len(ref), len(cand)))
-        for step, (rt, ct) in enumerate(zip(ref, cand, strict=False)):
-            if rt == ct:
-                continue
-            ref_margin = reference.margins[b][step] if reference.margins else None
-            cand_margin = candidate.margins[b][step] if candidate.margins else None
+        d = token_divergence(ref, cand, tokenizer, prompts[b] if b < len(prompts) else "")
+        if d is not None:
+            ref_margin = reference.margins[b][d.step] if reference.margins else None
             row = GenerationRow(
                 row=b,
                 status="near_tie" if ref_margin is not None and ref_margin < near_tie else "diverged",
-                compared=step,
-                step=step,
-                reference_token=rt,
-                candidate_token=ct,
-                reference_piece=tokenizer.decode([rt]),
-                candidate_piece=tokenizer.decode([ct]),
+                compared=d.step,
                 reference_margin=ref_margin,
-                candidate_margin=cand_margin,
-                text_so_far=(prompts[b] if b < len(prompts) else "") + tokenizer.decode(ref[:step]),
+                candidate_margin=candidate.margins[b][d.step] if candidate.margins else None,
+                **dataclasses.asdict(d),
             )
-            break
-        else:
-            if len(cand) < min(len(ref), new_tokens):
-                row.status = "short"
+        elif len(cand) < min(len(ref), new_tokens):
+            row.status = "short"
         rows.append(row)
     return GenerationParityResult(
         technique=technique,

@@ -344,9 +344,12 @@ class PerfChecks:
         timer = Timer(case.device)
         first_b: list[float] = []
         first_c: list[float] = []
-        with timer.region(first_b):
+        progress = self.session.progress
+        what = f"({case.dtype}, {case.device}): {sc.label}"
+        with progress.step(f"first call of {base_case.technique.name} {what}"), timer.region(first_b):
             sc.run_baseline()
-        with timer.region(first_c):
+        compiling = "compiling and running" if case.technique.compiled else "first call of"
+        with progress.step(f"{compiling} {case.technique.name} {what}"), timer.region(first_c):
             sc.run_candidate()
         base_s: list[float] = []
         cand_s: list[float] = []
@@ -354,15 +357,16 @@ class PerfChecks:
         cpu_c: list[float] = []
         if timed:
             # short calls are repeated within a sample (see calls_per_sample); times are per call
-            sc.calls = (calls_per_sample(sc.run_baseline, timer), calls_per_sample(sc.run_candidate, timer))
-            base_s, cand_s = paired_rounds(
-                repeated(sc.run_baseline, sc.calls[0]),
-                repeated(sc.run_candidate, sc.calls[1]),
-                timer,
-                cfg.perf_rounds,
-                cfg.perf_warmup,
-                cpu=(cpu_b, cpu_c),
-            )
+            with progress.step(f"timing {case.technique.name} vs {base_case.technique.name} {what}"):
+                sc.calls = (calls_per_sample(sc.run_baseline, timer), calls_per_sample(sc.run_candidate, timer))
+                base_s, cand_s = paired_rounds(
+                    repeated(sc.run_baseline, sc.calls[0]),
+                    repeated(sc.run_candidate, sc.calls[1]),
+                    timer,
+                    cfg.perf_rounds,
+                    cfg.perf_warmup,
+                    cpu=(cpu_b, cpu_c),
+                )
             base_s, cpu_b[:] = [t / sc.calls[0] for t in base_s], [t / sc.calls[0] for t in cpu_b]
             cand_s, cpu_c[:] = [t / sc.calls[1] for t in cand_s], [t / sc.calls[1] for t in cpu_c]
             if on_rounds is not None:

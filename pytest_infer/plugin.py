@@ -78,6 +78,18 @@ def pytest_configure(config: pytest.Config) -> None:
         stack_storage(session, config)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The progress lines (``--infer-progress``): set up once pytest's terminal reporter exists."""
+    from pytest_infer.progress import Progress
+
+    infer = session.config.stash.get(SESSION_KEY, None)
+    if infer is None:
+        return
+    infer.progress = Progress.for_config(session.config, infer.config.progress)
+    if infer.progress.enabled:
+        session.config.pluginmanager.register(infer.progress, "infer_progress")
+
+
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     """``--infer-isolate``: run in a pytest-xdist worker (``-n 1`` unless ``-n`` is given), before xdist reads it."""
     import os

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_infer import config as infer_config
+from pytest_infer.progress import Progress
 from pytest_infer.technique import Registry, Technique, TechniqueError, Tolerance, parse_tolerance_spec
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class InferSession:
         self.benchmark_hooks: Any = None
         self.stack_mismatch = ""
         self.outcomes: list[dict[str, Any]] = []
+        self.progress: Progress = Progress(0)  # the plugin installs the terminal's (see progress.py)
         self._started = time.perf_counter()
         self._active = (
             bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(s != "default" for s in cfg.sources.values())
@@ -469,6 +471,7 @@ class InferSession:
     def close(self) -> None:
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+        self.progress.close()
         if self._cache is not None:
             self._cache.clear()
 
