@@ -141,9 +141,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "compare_fail",
-        "fail a perf test whose metric regressed against the stored pytest-benchmark baseline: 'peak_memory:5%,tokens_per_s:10%'",
+        "fail a perf test whose metric regressed against the stored pytest-benchmark baseline, optionally for one "
+        "scenario: 'cpu_speedup:8%,load.cpu_speedup:30%,peak_memory:5%' (paired ratios for shared runners)",
         "",
-        metavar="METRIC:PCT[,...]",
+        metavar="[SCENARIO.]METRIC:PCT[,...]",
     ),
     Option(
         "markdown",
