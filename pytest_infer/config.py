@@ -130,6 +130,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="NAME",
     ),
     Option("perf_new_tokens", "tokens generated per timed call in the perf suite (forced length)", 32, "int", "N"),
+    Option(
+        "perf_scenarios",
+        "perf-suite scenarios to time: auto (each technique where its family shows: docs/performance.md), all, "
+        "or a comma list of decode,prefill,ttft,load,memory,batching",
+        ["auto"],
+        "list",
+        "auto|all|NAMES",
+    ),
     Option("perf_rounds", "timed rounds per technique (each paired with a baseline round)", 5, "int", "N"),
     Option(
         "perf_warmup",
@@ -249,6 +257,7 @@ class InferConfig:
     list: bool = False
     baseline: str = ""
     perf_new_tokens: int = 32
+    perf_scenarios: tuple[str, ...] = ("auto",)
     perf_rounds: int = 5
     perf_warmup: int = 1
     compare_fail: str = ""
@@ -534,6 +543,15 @@ def validate_suites(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def validate_perf_scenarios(values: Sequence[str]) -> tuple[str, ...]:
+    from pytest_infer.scenarios import ScenarioError, validate
+
+    try:
+        return validate(values)
+    except ScenarioError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def validate_choice(opt: Option, value: str) -> str:
     if value not in opt.choices:
         raise ConfigError(f"{opt.flag}: unknown value {value!r}; valid choices: {', '.join(opt.choices)}")
@@ -644,6 +662,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         list=values["list"],
         baseline=values["baseline"],
         perf_new_tokens=values["perf_new_tokens"],
+        perf_scenarios=check("perf_scenarios", validate_perf_scenarios, values["perf_scenarios"]),
         perf_rounds=values["perf_rounds"],
         perf_warmup=values["perf_warmup"],
         compare_fail=check("compare_fail", validate_compare_fail, values["compare_fail"]),

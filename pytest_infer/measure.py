@@ -441,19 +441,22 @@ def _claim_text(c: dict[str, Any]) -> str:
     return f"{c['metric']} {c['measured']:.3g}{interval} {c['op']} {c['value']:g} expected{c.get('source', '')}"
 
 
-MIN_SAMPLE_S = 0.1  # shortest timed sample: a shorter call is repeated within one sample
+MIN_SAMPLE_S = 0.1  # timed samples last about this long: a shorter call is repeated within one sample
 
 
 def calls_per_sample(run: Callable[[], object], timer: Timer, min_sample_s: float = MIN_SAMPLE_S) -> int:
-    """Calls per timed sample so that a sample lasts at least ``min_sample_s`` (one call timed to find out).
+    """Calls per timed sample so that a sample lasts about ``min_sample_s``: the whole number of calls nearest
+    to it, so a sample lies between 2/3 and 3/2 of ``min_sample_s`` (one call timed to find out).
 
     A shared machine preempts a process for whole time slices (milliseconds): a call of a few milliseconds is
     then either untouched or doubled, and a median of a few such samples jumps between the two. Repeating the
-    call within one sample averages the preemptions out (as pytest-benchmark's calibration and ``timeit`` do)."""
+    call within one sample averages the preemptions out (as pytest-benchmark's calibration and ``timeit`` do).
+    Rounding up instead would double the time of every call just under ``min_sample_s`` (a 96 ms decode ran
+    twice per sample) for no gain: a 70 ms sample already spans tens of time slices."""
     took: list[float] = []
     with timer.region(took):
         run()
-    return max(1, min(1000, math.ceil(min_sample_s / max(took[0], 1e-6))))
+    return max(1, min(1000, round(min_sample_s / max(took[0], 1e-6))))
 
 
 def repeated(run: Callable[[], object], calls: int) -> Callable[[], None]:

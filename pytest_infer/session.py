@@ -307,6 +307,8 @@ class InferSession:
             f"infer: model {source} | devices {','.join(self.devices)} | dtypes {','.join(self.config.dtypes)} | "
             f"{len(self.selected)} techniques | reference {self.config.reference} ({self.config.reference_dtype})"
         )
+        if "perf" in self.config.suites:
+            lines[-1] += f" | perf scenarios {','.join(self.config.perf_scenarios)}"
         return lines
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -336,11 +338,34 @@ class InferSession:
 
             check = CHECKS.get(metafunc.function.__name__)
             params = [pytest.param(c, id=c.id, marks=self._marks(c, check)) for c in cases]
+            params = self._perf_scenarios(metafunc, params)
             if not params:
                 # nothing of this family selected: the test is deselected (reported as such), not skipped
                 params = [pytest.param(None, id="none", marks=pytest.mark.infer_not_selected)]
             metafunc.parametrize(argname, params)
             return
+
+    def _perf_scenarios(self, metafunc: pytest.Metafunc, params: list[Any]) -> list[Any]:
+        """``--infer-perf-scenarios``: the bundled perf tests keep the cases whose technique the scenario is
+        selected for (``auto``: by family, see :mod:`pytest_infer.scenarios`); the others are deselected
+        (counted in pytest's summary, so a reader sees that something was left out)."""
+        from pytest_infer.scenarios import TESTS, wanted
+
+        scenario = TESTS.get(metafunc.function.__name__)
+        if scenario is None or metafunc.definition.path not in self.suite_files:
+            return params
+        auto = self.config.perf_scenarios == ("auto",)
+        baseline = self.config.baseline or self.config.reference
+        out = []
+        for p in params:
+            t = p.values[0].technique
+            # under auto the baseline against itself is left out: a null measurement (a list or all runs it)
+            if (auto and t.name == baseline) or scenario not in wanted(
+                self.config.perf_scenarios, {t.family} | _families(t, self.registry)
+            ):
+                p = pytest.param(*p.values, id=p.id, marks=[*p.marks, pytest.mark.infer_not_selected])
+            out.append(p)
+        return out
 
     @staticmethod
     def _check_markers(metafunc: pytest.Metafunc) -> None:
@@ -356,6 +381,30 @@ class InferSession:
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = [i for i in items if i.get_closest_marker("infer_not_selected") is None]
+        self._group_by_case(items)
+
+    def _group_by_case(self, items: list[pytest.Item]) -> None:
+        """In each bundled suite file, a technique's tests run one after the other (techniques in the order
+        selected, tests in the file's order), the
+        way pytest groups tests by the parameters of higher-scoped fixtures: its model is loaded (and
+        compiled) once per file instead of once per test, the session cache holding only ``--infer-max-models``
+        models. Other files keep their order."""
+        if not any(item.path in self.suite_files for item in items):
+            return  # no bundled suite: nothing to reorder (and no device to resolve, so no torch import)
+        order = {c.id: i for i, c in enumerate(self.cases())}  # the selection's order
+        file_start: dict[Path, int] = {}
+        for index, item in enumerate(items):
+            file_start.setdefault(item.path, index)
+
+        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+            index, item = pair
+            callspec = getattr(item, "callspec", None)
+            case = next((v for v in callspec.params.values() if isinstance(v, Case)), None) if callspec else None
+            if case is None or item.path not in self.suite_files:
+                return (index, 0, 0)  # in place
+            return (file_start[item.path], order.get(case.id, len(order)), index)
+
+        items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
     def _marks(self, case: Case, check: str | None = None) -> list[pytest.MarkDecorator]:
         stack = self.stack_for(case.device)

@@ -1,0 +1,70 @@
+"""Which perf-suite scenarios run for which technique (``--infer-perf-scenarios``).
+
+``auto`` (the default) times each technique where its family changes something worth timing, so that
+``--infer-suite all`` stays a few minutes on a small machine; ``all`` times every scenario of every
+technique; a list (``decode,prefill``) times those for every technique. Import-light: the option is
+checked at start-up and the selection made at collection, before torch is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+SCENARIOS = ("decode", "prefill", "ttft", "load", "memory", "batching")
+
+# the bundled suite's test per scenario (suites/test_performance.py)
+TESTS = {
+    "test_decode_speed": "decode",
+    "test_prefill_latency": "prefill",
+    "test_time_to_first_token": "ttft",
+    "test_model_load": "load",
+    "test_memory": "memory",
+    "test_batching_throughput": "batching",
+}
+
+# auto: decode (the end-to-end figure) for every family that runs under generate, plus the scenarios
+# where the family's change shows: attention and kernels change prefill's compute; compilation the
+# first-token latency and prefill; quantization the load (quantize-on-load) and the weight bytes; caches
+# the first token and the KV bytes; continuous batching is timed by its throughput scenario only.
+# Families not listed (custom techniques, stacks of unlisted families) get every scenario.
+FAMILY_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "attention": ("decode", "prefill"),
+    "kernels": ("decode", "prefill", "load"),
+    "compilation": ("decode", "prefill", "ttft"),
+    "quantization": ("decode", "load", "memory"),
+    "caching": ("decode", "ttft", "memory"),
+    "parallelism": ("decode", "memory"),
+    "batching": ("batching",),
+}
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+def validate(values: Sequence[str]) -> tuple[str, ...]:
+    """``auto``, ``all`` or scenario names; returns ``("auto",)``, ``SCENARIOS`` or the names, in order."""
+    names = [v.strip().lower() for v in values if v.strip()] or ["auto"]
+    if names == ["auto"]:
+        return ("auto",)
+    if "all" in names:
+        if len(names) > 1:
+            raise ScenarioError(f"'all' cannot be combined with other scenarios: {','.join(names)}")
+        return SCENARIOS
+    unknown = [n for n in names if n not in (*SCENARIOS, "auto")]
+    if unknown:
+        bad = ", ".join(repr(n) for n in unknown)
+        raise ScenarioError(f"unknown scenario {bad}; valid: auto, all, or a comma list of {', '.join(SCENARIOS)}")
+    if "auto" in names:
+        raise ScenarioError(f"'auto' cannot be combined with other scenarios: {','.join(names)}")
+    return tuple(dict.fromkeys(names))
+
+
+def wanted(selection: Sequence[str], families: Iterable[str]) -> frozenset[str]:
+    """The scenarios to time for a technique of these families (a stack has its components' families)."""
+    if tuple(selection) != ("auto",):
+        return frozenset(selection)
+    out: set[str] = set()
+    for family in set(families) - {"stack"} or {"stack"}:
+        out.update(FAMILY_SCENARIOS.get(family, SCENARIOS))
+    return frozenset(out) or frozenset(SCENARIOS)
