@@ -60,6 +60,17 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
     return f"{verdict} {worst:.2g}{suffix}"
 
 
+def terminal_summary(results: Sequence[Mapping[str, Any]], verbose: bool = False) -> tuple[str, list[str]]:
+    """The terminal's section title and matrix. A run of one device and one dtype names them in the title
+    and leaves their columns out (so the default parity suite fits 100 columns); ``-v`` keeps every column."""
+    title = "pytest-infer: technique x check"
+    combos = {(r.get("device", "?"), r.get("dtype", "?")) for r in results}
+    if verbose or len(combos) != 1:
+        return title, summary_lines(results)
+    (device, dtype), cut = next(iter(combos)), len(f"{'device':<7} {'dtype':<9} ")
+    return f"{title} ({device}, {dtype})", [line[cut:] for line in summary_lines(results)]
+
+
 def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     """One row per (device, dtype, technique), one column per check: verdict and key figure
     (logits/padding: worst max_abs; generation: tokens matched before any accepted near-tie, or for lossy
@@ -75,8 +86,10 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     cells = {key: [_cell(checks.get(c, [])) for c in columns] for key, checks in groups.items()}
     widths = [max(len(HEADERS.get(c, c)), *(len(row[i]) for row in cells.values())) + 2 for i, c in enumerate(columns)]
     lines = [
-        f"{'device':<7} {'dtype':<9} {'technique':<{width}}"
-        + "".join(f"{HEADERS.get(c, c):<{w}}" for c, w in zip(columns, widths, strict=True))
+        (
+            f"{'device':<7} {'dtype':<9} {'technique':<{width}}"
+            + "".join(f"{HEADERS.get(c, c):<{w}}" for c, w in zip(columns, widths, strict=True))
+        ).rstrip()
     ]
     for (device, dtype, technique), row in cells.items():
         text = "".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True))

@@ -439,10 +439,11 @@ class InferSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.results:
             return
-        from pytest_infer.report import summary_lines
+        from pytest_infer.report import terminal_summary
 
-        terminalreporter.section("pytest-infer: technique x check")
-        for line in summary_lines(self.results):
+        title, lines = terminal_summary(self.results, verbose=terminalreporter.verbosity > 0)
+        terminalreporter.section(title)
+        for line in lines:
             terminalreporter.write_line(line)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

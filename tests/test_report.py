@@ -84,3 +84,39 @@ def test_infer_list_prints_the_catalogue_and_exits(run_infer) -> None:
             "  hqq_4bit * quantization*skip: transformers * does not implement HQQ weight loading*",
         ]
     )
+
+
+def _results(device: str = "cpu", dtype: str = "float32") -> list[dict[str, object]]:
+    """What the default parity suite records for its widest rows (names and figures as a real run has them)."""
+    common = {"device": device, "dtype": dtype, "passed": True}
+    out: list[dict[str, object]] = []
+    for name in ("tensor_parallel_static", "kernels_local_attention", "torchao_int8_weight_only", "eager"):
+        out.append({**common, "technique": name, "check": "logits", "metrics": {"max_abs": 2.2e-05}})
+        out += [{**common, "technique": name, "check": "padding", "metrics": {"max_abs": 1.2e-05}}] * 6
+    out.append({**common, "technique": "tensor_parallel_static", "check": "ranks", "metrics": {"disagreements": 0}})
+    out.append(
+        {
+            **common,
+            "technique": "torchao_int8_weight_only",
+            "check": "storage",
+            "metrics": {"weight_memory_ratio": 0.566},
+        }
+    )
+    out.append(
+        {**common, "technique": "torchao_int8_weight_only", "check": "inference_mode", "metrics": {"max_abs": 0}}
+    )
+    return out
+
+
+def test_one_device_and_dtype_go_to_the_title_and_the_matrix_fits_100_columns() -> None:
+    from pytest_infer.report import summary_lines, terminal_summary
+
+    title, lines = terminal_summary(_results())
+    assert title == "pytest-infer: technique x check (cpu, float32)"
+    assert lines[0].split() == ["technique", "logits", "padding", "ranks", "storage", "inf-mode"]
+    assert lines[1].split()[:3] == ["tensor_parallel_static", "pass", "2.2e-05"]
+    assert max(len(line) for line in lines) <= 100, "\n".join(lines)
+    # -v keeps the device and dtype columns; so does a run over several dtypes (one title cannot name them)
+    assert terminal_summary(_results(), verbose=True) == ("pytest-infer: technique x check", summary_lines(_results()))
+    title, lines = terminal_summary(_results() + _results(dtype="bfloat16"))
+    assert title == "pytest-infer: technique x check" and lines[0].split()[:3] == ["device", "dtype", "technique"]
