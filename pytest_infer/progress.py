@@ -181,7 +181,3 @@ class Progress:
             return
         with contextlib.suppress(OSError):
             os.write(self._fd, text.encode("utf-8", "replace"))
-
-
-def disabled() -> Progress:
-    return Progress(0)

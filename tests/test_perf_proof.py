@@ -3,14 +3,13 @@ deterministic bytes), and the whole script (slow: a baseline, unchanged reruns, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _scripts import load_script
 
 pytestmark = pytest.mark.timing  # measured time: run alone (README: -m "timing and not slow")
 
@@ -18,16 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "perf_regression_proof.py"
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("perf_regression_proof", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-proof = _script()
+proof = load_script("perf_regression_proof")
 
 
 def test_planted_extra_memory_fails_the_tests_that_report_weights(

@@ -3,14 +3,13 @@ regression gate on stored baselines; and the measuring pieces on their own."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 from pytest_infer.bench import parse_compare_fail, regressions
 from pytest_infer.measure import Paired, Timer, calls_per_sample, host_peak_rss
@@ -18,17 +17,8 @@ from pytest_infer.measure import Paired, Timer, calls_per_sample, host_peak_rss
 pytestmark = pytest.mark.timing  # measured time: run alone (README: -m "timing and not slow")
 
 
-def _proof_script():  # the technique `planted` of scripts/perf_regression_proof.py: one definition for both
-    path = Path(__file__).resolve().parents[1] / "scripts" / "perf_regression_proof.py"
-    spec = importlib.util.spec_from_file_location("perf_regression_proof", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-PLANTED_CONFTEST = _proof_script().PLANTED_CONFTEST
+# the technique `planted` of scripts/perf_regression_proof.py: one definition for both
+PLANTED_CONFTEST = load_script("perf_regression_proof").PLANTED_CONFTEST
 
 # the suite restricted to the planted technique against sdpa (same model, so ratios are ~1), short and quick
 ARGS = (
