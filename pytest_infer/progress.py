@@ -13,7 +13,7 @@ Nothing is written under ``-q``, with ``--infer-progress 0``, on xdist workers (
 the terminal) or without pytest's terminal reporter.
 
 The step runs in the main thread inside the test, where pytest captures fd 1; the line is written by
-a timer thread to a duplicate of the terminal's file descriptor taken at configure time (while capture
+a timer thread to a duplicate of the terminal's file descriptor taken at session start (while capture
 is suspended), so the test's captured output is never toggled from another thread. The reporter is
 then told that its line was broken (``currentfspath``), and writes the file name again before the
 next result letter.
