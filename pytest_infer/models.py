@@ -1,8 +1,11 @@
 """Model and tokenizer loading through the real ``from_pretrained``, and the bounded session cache.
 
 A model is loaded once per (source, technique load signature, dtype, device); reference logits are
-computed once per (prompts, reference, dtype, device). At most ``max_models`` models stay resident:
-the least recently used one is dropped and device memory is released.
+computed once per (prompts, reference, dtype, device). Models stay resident across tests and suite files
+(a compiled model keeps its compiled code) within a bound: ``max_models`` models, or by default (``auto``)
+as many as fit in a quarter of the smallest memory they live in (host RAM, each GPU's memory), never fewer
+than two (a baseline and a candidate). Beyond it, the least recently used one is dropped and device memory
+is released.
 """
 
 from __future__ import annotations
@@ -205,12 +208,17 @@ def forward_logits(model: Any, batch: Batch, technique: Technique) -> torch.Tens
 
 
 class ModelCache:
-    """Least-recently-used store of loaded models and computed reference tensors, bounded in count."""
+    """Least-recently-used store of loaded models and computed reference tensors, bounded in count
+    (``max_models``) or, with ``max_models=0`` (``auto``), by the weight bytes of the resident models against
+    ``budget_bytes`` (default: a quarter of the smallest memory the models live in), keeping at least two."""
 
-    def __init__(self, max_models: int) -> None:
+    def __init__(self, max_models: int, budget_bytes: int | None = None) -> None:
         self.max_models = max_models
+        self.budget_bytes = budget_bytes
         self._models: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes: dict[Hashable, int] = {}
         self._tensors: dict[Hashable, Any] = {}
+        self._devices: set[str] = set()
         self.loads = 0
         self.evictions = 0
 
@@ -218,12 +226,30 @@ class ModelCache:
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        while len(self._models) >= self.max_models:
-            self._evict()
+        self._make_room(max(self._bytes.values(), default=0))  # the next model: about the largest seen so far
         model = factory()
         self.loads += 1
         self._models[key] = model
+        self._bytes[key] = _resident_bytes(model)
+        self._devices.add(_device_type(model))
         return model
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self._bytes.values())
+
+    def budget(self) -> int:
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        return min((memory_of(d) for d in self._devices), default=0) // 4
+
+    def _make_room(self, incoming: int) -> None:
+        if self.max_models:
+            while len(self._models) >= self.max_models:
+                self._evict()
+            return
+        while len(self._models) >= 2 and self.resident_bytes + incoming > self.budget():
+            self._evict()
 
     def tensor(self, key: Hashable, factory: Callable[[], Any]) -> Any:
         if key not in self._tensors:
@@ -232,22 +258,57 @@ class ModelCache:
 
     def discard(self, key: Hashable) -> None:
         """Drop one model (e.g. after it raised: compiled state may be left half-built)."""
+        self._bytes.pop(key, None)
         if self._models.pop(key, None) is not None:
             release_memory()
 
     def _evict(self) -> None:
-        _, model = self._models.popitem(last=False)
+        key, model = self._models.popitem(last=False)
+        self._bytes.pop(key, None)
         self.evictions += 1
         del model
         release_memory()
 
     def clear(self) -> None:
         self._models.clear()
+        self._bytes.clear()
         self._tensors.clear()
         release_memory()
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def _resident_bytes(model: Any) -> int:
+    from pytest_infer.measure import weight_bytes
+
+    try:
+        return weight_bytes(model)
+    except Exception:  # not a torch module (a test double): count it as nothing
+        return 0
+
+
+def _device_type(model: Any) -> str:
+    device = getattr(model, "device", None)
+    return str(getattr(device, "type", device or "cpu"))
+
+
+def memory_of(device_type: str) -> int:
+    """Total memory of a device kind: host RAM for cpu (and devices without their own query), the first
+    visible GPU's memory for cuda; 0 where unknown (then nothing beyond two models stays resident)."""
+    if device_type == "cuda":
+        import torch
+
+        try:
+            return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+        except Exception:
+            return 0
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def release_memory() -> None:

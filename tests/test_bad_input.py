@@ -320,7 +320,7 @@ STARTUP = [
     Bad(
         "ini-max-models",
         (),
-        ("ini option infer_max_models: expected an integer, got 'many'", "tox.ini)"),
+        ("ini option infer_max_models: expected an integer or auto, got 'many'", "tox.ini)"),
         ini="infer_max_models = many",
     ),
     Bad(

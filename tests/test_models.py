@@ -31,6 +31,46 @@ def test_cache_evicts_least_recently_used() -> None:
     assert made == ["a", "b", "c", "b"]
 
 
+class Weights:
+    """A stand-in model whose weights take ``n`` bytes."""
+
+    def __init__(self, n: int) -> None:
+        import torch
+
+        self.tensor = torch.zeros(n, dtype=torch.uint8)
+        self.device = self.tensor.device
+
+    def parameters(self):
+        return [self.tensor]
+
+    def buffers(self):
+        return []
+
+
+def test_auto_cache_keeps_models_while_they_fit_the_budget_and_always_two() -> None:
+    cache = ModelCache(max_models=0, budget_bytes=1000)
+    for name in "abcd":  # 4 x 200 bytes fit in 1000
+        cache.model(name, lambda: Weights(200))
+    assert len(cache) == 4 and cache.evictions == 0 and cache.resident_bytes == 800
+    cache.model("e", lambda: Weights(200))  # 1000: still fits
+    cache.model("f", lambda: Weights(200))  # would be 1200: the oldest goes first
+    assert len(cache) == 5 and cache.evictions == 1 and "a" not in cache._models
+    big = ModelCache(max_models=0, budget_bytes=100)
+    big.model("base", lambda: Weights(300))
+    big.model("cand", lambda: Weights(300))  # over the budget, but a baseline and a candidate always stay
+    assert len(big) == 2
+    big.model("other", lambda: Weights(300))
+    assert len(big) == 2 and list(big._models) == ["cand", "other"]
+
+
+def test_auto_budget_is_a_quarter_of_host_memory_for_cpu_models() -> None:
+    from pytest_infer.models import memory_of
+
+    cache = ModelCache(max_models=0)
+    cache.model("a", lambda: Weights(10))
+    assert memory_of("cpu") > 2**30 and cache.budget() == memory_of("cpu") // 4
+
+
 def test_embedded_model_loads_through_from_pretrained() -> None:
     eager = next(t for t in builtin() if t.name == "eager")
     model = load_model(ModelSource(str(embedded_model_path())), eager, "float32", "cpu")
