@@ -30,6 +30,7 @@ from pytest_infer.technique import Technique
 if TYPE_CHECKING:
     from pytest_infer.checks import ParityChecks
     from pytest_infer.generation import Generated
+    from pytest_infer.measure import Driver
     from pytest_infer.session import Case
 
 # Pages of 32 tokens, 64 blocks (2048 cached tokens per layer), at most 64 tokens per forward: small enough that
@@ -738,19 +739,22 @@ def measure_throughput(
     *,
     baseline_model: Any = None,
     rounds: int = 3,
-    warmup: int = 1,
+    warmup: int = 0,
     overrides: Mapping[str, Any] | None = None,
+    memory: dict[str, int] | None = None,
+    drive: Driver | None = None,
 ) -> ThroughputResult:
     """Time ``generate_batch`` on ``prompts`` against ``generate`` on each prompt alone (``baseline_model``, default
-    the same model, run with :func:`plain_attention`), in alternating rounds after ``warmup`` untimed ones (:func:`pytest_infer.measure.paired_rounds`,
-    device-synchronised :class:`~pytest_infer.measure.Timer`). ``overrides`` change the ContinuousBatchingConfig
-    (a perf run wants a budget larger than the tests' :data:`CB_BUDGET`; it stays explicit). Tokens are counted
-    from what each side returned; a batching run with problems (missing request, wrong attention) raises
-    :class:`BatchingError`."""
+    the same model, run with :func:`plain_attention`) in alternating rounds (:func:`pytest_infer.measure.paired_rounds`,
+    its ``drive``), after one untimed call of each side (the batching one under the memory probes when ``memory``
+    is given: its peak device memory and host RSS go there) and ``warmup`` more. ``overrides`` change the
+    ContinuousBatchingConfig (a perf run wants a budget larger than the tests' :data:`CB_BUDGET`; it stays
+    explicit). Tokens are counted from what each side returned; a batching run with problems (missing request,
+    wrong attention) raises :class:`BatchingError`."""
     import torch
 
     from pytest_infer.generation import greedy_generate
-    from pytest_infer.measure import Timer, paired_rounds
+    from pytest_infer.measure import Timer, host_peak_rss, loop_driver, paired_rounds, peak_memory
     from pytest_infer.models import encode
 
     if rounds < 1:
@@ -777,7 +781,11 @@ def measure_throughput(
             ]
         counts["sequential"] = sum(len(o.tokens[0]) for o in outs)
 
-    seq_s, batch_s = paired_rounds(sequential, batch, Timer(device), rounds, warmup)
+    sequential()
+    probed: dict[str, int] = {} if memory is None else memory
+    with peak_memory(device, probed), host_peak_rss(probed):
+        batch()
+    seq_s, batch_s = paired_rounds(sequential, batch, Timer(device), rounds, warmup, drive=drive or loop_driver)
     return ThroughputResult(
         technique=technique.name,
         device=device,

@@ -102,7 +102,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
     ),
     Option("prompts", "prompt file: one prompt per line, UTF-8 (default: the bundled prompt set)", "", metavar="FILE"),
-    Option("max_models", "how many loaded models to keep resident before evicting the oldest", 2, "int", "N"),
+    Option(
+        "max_models",
+        "how many loaded models stay resident across tests and files: auto keeps them while their weights fit in a "
+        "quarter of the memory they live in (at least two), N at most N; beyond, the oldest is evicted",
+        "auto",
+        "int",
+        "N|auto",
+        choices=("auto",),
+    ),
     Option(
         "tolerance_mode",
         "how default bounds are set: floor (tightened to the measured noise of the reference) or fixed (the per-dtype table)",
@@ -141,8 +149,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("perf_rounds", "timed rounds per technique (each paired with a baseline round)", 5, "int", "N"),
     Option(
         "perf_warmup",
-        "untimed warm-up calls before the rounds (after the first, compiling, call)",
-        1,
+        "extra untimed warm-up calls of each side before the timed rounds (after the first, compiling, call and "
+        "the call that sizes the samples and measures memory)",
+        0,
         "int",
         "N",
         minimum=0,
@@ -248,7 +257,7 @@ class InferConfig:
     allow_pickle: bool
     cache_dir: str
     prompts: str
-    max_models: int
+    max_models: int  # 0: auto (bounded by memory, see pytest_infer.models.ModelCache)
     tolerance_mode: str = "floor"
     new_tokens: tuple[int, ...] = (16, 64)
     padding: str = "left:0,1,7,32;right:0,7"
@@ -259,7 +268,7 @@ class InferConfig:
     perf_new_tokens: int = 32
     perf_scenarios: tuple[str, ...] = ("auto",)
     perf_rounds: int = 5
-    perf_warmup: int = 1
+    perf_warmup: int = 0
     compare_fail: str = ""
     tp_size: int = 2
     rank_timeout: int = 300
@@ -322,10 +331,13 @@ def _coerce(opt: Option, raw: Any, source: str, ini_file: str = "") -> Any:
     if opt.kind == "list":
         return split_list(raw, ";" if opt.name == "tolerance" else ",")
     if opt.kind == "int":
+        if str(raw).strip().lower() in opt.choices:  # a word the option takes besides integers (auto)
+            return str(raw).strip().lower()
         try:
             value = int(str(raw).strip())
         except ValueError:
-            raise ConfigError(f"{what}: expected an integer, got {raw!r}{where}") from None
+            words = "".join(f" or {c}" for c in opt.choices)
+            raise ConfigError(f"{what}: expected an integer{words}, got {raw!r}{where}") from None
         if value < opt.minimum:
             raise ConfigError(f"{what}: must be at least {opt.minimum}, got {value}{where}")
         return value
@@ -651,7 +663,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         allow_pickle=values["allow_pickle"],
         cache_dir=check("cache_dir", validate_cache_dir, cache_dir),
         prompts=values["prompts"],
-        max_models=values["max_models"],
+        max_models=0 if values["max_models"] == "auto" else values["max_models"],
         tolerance_mode=check(
             "tolerance_mode", validate_choice, OPTION_BY_NAME["tolerance_mode"], values["tolerance_mode"]
         ),

@@ -444,19 +444,24 @@ def _claim_text(c: dict[str, Any]) -> str:
 MIN_SAMPLE_S = 0.1  # timed samples last about this long: a shorter call is repeated within one sample
 
 
-def calls_per_sample(run: Callable[[], object], timer: Timer, min_sample_s: float = MIN_SAMPLE_S) -> int:
-    """Calls per timed sample so that a sample lasts about ``min_sample_s``: the whole number of calls nearest
-    to it, so a sample lies between 2/3 and 3/2 of ``min_sample_s`` (one call timed to find out).
+def calls_for(call_s: float, min_sample_s: float = MIN_SAMPLE_S) -> int:
+    """Calls per timed sample for a call of ``call_s`` seconds, so that a sample lasts about ``min_sample_s``: the
+    whole number of calls nearest to it, so a sample lies between 2/3 and 3/2 of ``min_sample_s``.
 
     A shared machine preempts a process for whole time slices (milliseconds): a call of a few milliseconds is
     then either untouched or doubled, and a median of a few such samples jumps between the two. Repeating the
     call within one sample averages the preemptions out (as pytest-benchmark's calibration and ``timeit`` do).
     Rounding up instead would double the time of every call just under ``min_sample_s`` (a 96 ms decode ran
     twice per sample) for no gain: a 70 ms sample already spans tens of time slices."""
+    return max(1, min(1000, round(min_sample_s / max(call_s, 1e-6))))
+
+
+def calls_per_sample(run: Callable[[], object], timer: Timer, min_sample_s: float = MIN_SAMPLE_S) -> int:
+    """:func:`calls_for` the time of one call of ``run`` (called once, timed)."""
     took: list[float] = []
     with timer.region(took):
         run()
-    return max(1, min(1000, round(min_sample_s / max(took[0], 1e-6))))
+    return calls_for(took[0], min_sample_s)
 
 
 def repeated(run: Callable[[], object], calls: int) -> Callable[[], None]:
@@ -469,6 +474,42 @@ def repeated(run: Callable[[], object], calls: int) -> Callable[[], None]:
     return sample
 
 
+# drive(call, calls, after_round, rounds): run ``rounds`` rounds of ``calls`` calls of ``call``, calling
+# ``after_round(r)`` (r = 1..rounds) after each round, outside the round's time. pytest-benchmark's pedantic mode
+# is one (its ``iterations`` and per-round ``teardown``: see pytest_infer.perf), :func:`loop_driver` the other.
+Driver = Callable[[Callable[[], object], int, Callable[[int], None], int], None]
+
+
+def loop_driver(call: Callable[[], object], calls: int, after_round: Callable[[int], None], rounds: int) -> None:
+    for r in range(1, rounds + 1):
+        for _ in range(calls):
+            call()
+        after_round(r)
+
+
+class Stopwatch:
+    """Wall and process-CPU seconds between :meth:`start` and :meth:`stop`, the device synchronised at both ends
+    (on cuda: host time after a synchronize, the same on both sides of a pair)."""
+
+    def __init__(self, timer: Timer) -> None:
+        self.timer = timer
+        self.running = False
+        self._t0 = self._c0 = 0
+
+    def start(self) -> None:
+        self.timer.sync()
+        self.running = True
+        self._c0 = time.process_time_ns()
+        self._t0 = time.perf_counter_ns()
+
+    def stop(self) -> tuple[float, float]:
+        self.timer.sync()
+        wall = (time.perf_counter_ns() - self._t0) / 1e9
+        cpu = (time.process_time_ns() - self._c0) / 1e9
+        self.running = False
+        return wall, cpu
+
+
 def paired_rounds(
     run_baseline: Callable[[], object],
     run_candidate: Callable[[], object],
@@ -476,21 +517,55 @@ def paired_rounds(
     rounds: int,
     warmup: int,
     cpu: tuple[list[float], list[float]] | None = None,
+    *,
+    calls: tuple[int, int] = (1, 1),
+    drive: Driver = loop_driver,
 ) -> tuple[list[float], list[float]]:
-    """Warm both up, then alternate timed rounds (baseline, candidate) so drift affects both alike; wall seconds
-    per round of each side, and (off cuda) their CPU seconds appended to ``cpu`` (baseline, candidate)."""
+    """Warm both up, then alternate timed rounds so that drift affects both alike: the pairs run baseline first,
+    then candidate first, and so on (B C | C B | B C ...). Returns the wall seconds of each side's samples (a
+    sample: ``calls`` = (baseline, candidate) calls in a row), and appends their process-CPU seconds to ``cpu``
+    (baseline, candidate).
+
+    ``drive`` runs the candidate's rounds: with pytest-benchmark's pedantic mode the candidate samples of the
+    pairs are the very rounds pytest-benchmark records (no second set of rounds for it), and the baseline's
+    samples run between them, outside its timing."""
     for _ in range(warmup):
         run_baseline()
         run_candidate()
     base: list[float] = []
     cand: list[float] = []
+    cpu_b, cpu_c = cpu if cpu is not None else ([], [])
+    watch = Stopwatch(timer)
+    baseline_sample = repeated(run_baseline, calls[0])
+    done = [False]
+
+    def time_baseline() -> None:
+        watch.start()
+        baseline_sample()
+        wall, cpu_s = watch.stop()
+        base.append(wall)
+        cpu_b.append(cpu_s)
+
+    def candidate_call() -> None:
+        if not done[0] and not watch.running:  # the first call of a round starts its sample
+            watch.start()
+        run_candidate()
+
+    def after_round(r: int) -> None:
+        wall, cpu_s = watch.stop()
+        cand.append(wall)
+        cpu_c.append(cpu_s)
+        if r % 2 == 0:  # round r ran candidate first: its baseline now, then the next pair's, which runs first
+            time_baseline()
+            if r < rounds:
+                time_baseline()
+        done[0] = r >= rounds  # a driver may call once more for a result (pytest-benchmark does): not timed
+
     with gc_paused():
-        for i in range(rounds):
-            order = (run_baseline, run_candidate) if i % 2 == 0 else (run_candidate, run_baseline)
-            for fn in order:
-                side = 0 if fn is run_baseline else 1
-                with timer.region((base, cand)[side], cpu[side] if cpu is not None else None):
-                    fn()
+        time_baseline()
+        drive(candidate_call, calls[1], after_round, rounds)
+    if len(cand) != rounds or len(base) != rounds:
+        raise RuntimeError(f"paired rounds: the driver ran {len(cand)} candidate rounds for {rounds} asked")
     return base, cand
 
 

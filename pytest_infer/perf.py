@@ -3,11 +3,12 @@ session: model load, decode (end-to-end generate, tokens/s, latency per token af
 prompt length, time to first token, memory (weights, KV cache, peak device memory, peak host RSS) and
 continuous-batching throughput.
 
-Every timed scenario runs the same way: a first call of each side timed alone (compilation), warm-up calls,
-then paired rounds (baseline and candidate alternating, see :func:`pytest_infer.measure.paired_rounds`), then
-one untimed memory round per side. Claims are decided on the interval of the paired ratios. The figures go to
-the result (JSON report, terminal) and to pytest-benchmark (``extra_info``; its own rounds in pedantic mode),
-whose storage our regression gate (``--infer-compare-fail``) compares with. Without pytest-benchmark
+Every timed scenario runs the same way: a first call of each side timed alone (compilation; the baseline's once
+per resident model and session), a second call of each side timed alone under the memory probes (it sizes the
+samples), then paired rounds (baseline and candidate alternating, see :func:`pytest_infer.measure.paired_rounds`)
+whose candidate samples pytest-benchmark drives in pedantic mode. Claims are decided on the interval of the
+paired ratios. The figures go to the result (JSON report, terminal) and to pytest-benchmark (its rounds;
+``extra_info``), whose storage our regression gate (``--infer-compare-fail``) compares with. Without pytest-benchmark
 (``-p no:benchmark``, ``--benchmark-disable``, xdist) the scenarios still measure and decide, and say that
 storage and comparison are off.
 """
@@ -26,17 +27,18 @@ import pytest
 
 from pytest_infer.checks import ParityChecks, _assert
 from pytest_infer.measure import (
+    Driver,
     Paired,
     PerfResult,
     Timer,
-    calls_per_sample,
+    calls_for,
     decide,
     gc_paused,
     host_peak_rss,
+    loop_driver,
     paired_rounds,
     peak_memory,
     perf_headline,
-    repeated,
     weight_bytes,
 )
 from pytest_infer.models import encode
@@ -69,6 +71,7 @@ class Scenario:
     alias: str = ""  # the median under its own name too (ttft_s, load_s)
     extra: dict[str, float] = field(default_factory=dict)
     calls: tuple[int, int] = (1, 1)  # (baseline, candidate) calls per timed sample, set when measuring
+    baseline_model: Any = None  # the resident model run_baseline calls (None: each call makes its own)
 
 
 def unsupported(technique: Technique, scenario: str) -> str | None:
@@ -160,6 +163,7 @@ class PerfChecks:
             new_tokens=n,
             batch=rows,
             tokens=rows * n,
+            baseline_model=base_model,
         )
         rounds = self.session.config.perf_rounds
 
@@ -188,6 +192,7 @@ class PerfChecks:
             batch=rows,
             tokens=rows * prompt_len,
             extra={"prompt_len": float(prompt_len)},
+            baseline_model=base_model,
         )
         return self._measure(case, base_case, sc, benchmark)
 
@@ -209,6 +214,7 @@ class PerfChecks:
             new_tokens=1,
             batch=rows,
             alias="ttft_s",
+            baseline_model=base_model,
         )
         return self._measure(case, base_case, sc, benchmark)
 
@@ -264,7 +270,8 @@ class PerfChecks:
 
         run_b, run_c = runner(base_model, base_case.technique, kv_b), runner(cand_model, case.technique, kv_c)
         rows = int(batch.input_ids.shape[0])
-        sc = Scenario("memory", f"memory of generate {n} tokens x {rows} prompts", run_b, run_c, n, rows)
+        label = f"memory of generate {n} tokens x {rows} prompts"
+        sc = Scenario("memory", label, run_b, run_c, n, rows, baseline_model=base_model)
 
         def kv_figures(result: PerfResult) -> None:
             if "kv_bytes" in kv_c:
@@ -290,9 +297,12 @@ class PerfChecks:
         tok, prompts, n = self.parity.tokenizer, list(self.parity.prompts), cfg.perf_new_tokens
         model = self.parity.model(case)
         timer = Timer(case.device)
+        label = f"continuous batching {len(prompts)} requests x {n} tokens"
+        drive = self._driver(benchmark, timer, self._group(label, case))
+        memory: dict[str, int] = {}
         tp = measure_throughput(
             model, tok, prompts, case.technique, n, rounds=cfg.perf_rounds, warmup=cfg.perf_warmup,
-            overrides=BATCHING_OVERRIDES,
+            overrides=BATCHING_OVERRIDES, memory=memory, drive=drive or loop_driver,
         )  # fmt: skip
         inputs = [list(tok(p)["input_ids"]) for p in prompts]
 
@@ -304,7 +314,7 @@ class PerfChecks:
             baseline="sequential generate",
             device=case.device,
             dtype=case.dtype,
-            scenario=f"continuous batching {len(prompts)} requests x {n} tokens",
+            scenario=label,
             new_tokens=n,
             batch=len(prompts),
             rounds=cfg.perf_rounds,
@@ -313,7 +323,7 @@ class PerfChecks:
             baseline_first_call_s=0.0,
             candidate_s=list(tp.batch_s),
             baseline_s=list(tp.sequential_s),
-            memory=_memory_round(run, case.device),
+            memory=memory,
             scenario_key="batching",
             tokens=tp.batch_tokens,
             extra={
@@ -323,7 +333,7 @@ class PerfChecks:
             },
         )
         self._claims(case, result)
-        self._benchmark(benchmark, run, timer, result)
+        self._benchmark(benchmark, run, timer, result, driven=drive is not None)
         return result
 
     # --- measuring ------------------------------------------------------------------------------
@@ -339,40 +349,53 @@ class PerfChecks:
         timed: bool = True,
         complete: Callable[[PerfResult], None] | None = None,
     ) -> PerfResult:
-        """First calls timed alone, warm-up, paired rounds, one memory round per side, claims, pytest-benchmark."""
+        """First calls timed alone; one call of each side that sizes the samples and measures memory; paired
+        rounds (the candidate's driven by pytest-benchmark where it is on); claims; pytest-benchmark's record."""
         cfg = self.session.config
         timer = Timer(case.device)
         first_b: list[float] = []
         first_c: list[float] = []
         progress = self.session.progress
         what = f"({case.dtype}, {case.device}): {sc.label}"
-        with progress.step(f"first call of {base_case.technique.name} {what}"), timer.region(first_b):
-            sc.run_baseline()
+        # the baseline's first call of this scenario, once per resident model: later tests of the session find it
+        # warm (their first call would be a warm call; the first one's time is reported)
+        seen = self.session.first_calls.get(sc.baseline_model) if sc.baseline_model is not None else None
+        if seen is not None and sc.label in seen:
+            first_b.append(seen[sc.label])
+        else:
+            with progress.step(f"first call of {base_case.technique.name} {what}"), timer.region(first_b):
+                sc.run_baseline()
+            if sc.baseline_model is not None:
+                self.session.first_calls.setdefault(sc.baseline_model, {})[sc.label] = first_b[0]
         compiling = "compiling and running" if case.technique.compiled else "first call of"
         with progress.step(f"{compiling} {case.technique.name} {what}"), timer.region(first_c):
             sc.run_candidate()
+        # the second call of each side: timed alone (how many calls make a sample) and under the memory probes
+        mem_b, took_b = _memory_round(sc.run_baseline, case.device, timer)
+        mem_c, took_c = _memory_round(sc.run_candidate, case.device, timer)
         base_s: list[float] = []
         cand_s: list[float] = []
         cpu_b: list[float] = []
         cpu_c: list[float] = []
+        drive = self._driver(benchmark, timer, self._group(sc.label, case)) if timed else None
         if timed:
-            # short calls are repeated within a sample (see calls_per_sample); times are per call
+            # short calls are repeated within a sample (see calls_for); times are per call
+            sc.calls = (calls_for(took_b), calls_for(took_c))
             with progress.step(f"timing {case.technique.name} vs {base_case.technique.name} {what}"):
-                sc.calls = (calls_per_sample(sc.run_baseline, timer), calls_per_sample(sc.run_candidate, timer))
                 base_s, cand_s = paired_rounds(
-                    repeated(sc.run_baseline, sc.calls[0]),
-                    repeated(sc.run_candidate, sc.calls[1]),
+                    sc.run_baseline,
+                    sc.run_candidate,
                     timer,
                     cfg.perf_rounds,
                     cfg.perf_warmup,
                     cpu=(cpu_b, cpu_c),
+                    calls=sc.calls,
+                    drive=drive or loop_driver,
                 )
             base_s, cpu_b[:] = [t / sc.calls[0] for t in base_s], [t / sc.calls[0] for t in cpu_b]
             cand_s, cpu_c[:] = [t / sc.calls[1] for t in cand_s], [t / sc.calls[1] for t in cpu_c]
             if on_rounds is not None:
                 on_rounds()
-        mem_b = _memory_round(sc.run_baseline, case.device)
-        mem_c = _memory_round(sc.run_candidate, case.device)
         extra = dict(sc.extra)
         if sc.alias and cand_s:
             extra[sc.alias] = statistics.median(cand_s)
@@ -405,8 +428,44 @@ class PerfChecks:
         if complete is not None:
             complete(result)
         self._claims(case, result)
-        self._benchmark(benchmark, sc.run_candidate, timer, result)
+        self._benchmark(benchmark, sc.run_candidate, timer, result, driven=drive is not None)
         return result
+
+    def _group(self, scenario: str, case: Case) -> str:
+        return f"{self.session.source.label}: {scenario} ({case.dtype}, {case.device})"
+
+    def _driver(self, benchmark: Any | None, timer: Timer, group: str) -> Driver | None:
+        """pytest-benchmark's pedantic mode as the driver of the candidate's timed rounds (None where it is off):
+        ``iterations`` = the calls of a sample, so it records the time per call; its per-round ``teardown``
+        runs the baseline's samples between the rounds, outside its timing; the device is synchronised after
+        each call, so that each call's time is its own."""
+        if benchmark is None or benchmark_off(self.session.pytest_config, benchmark) is not None:
+            return None
+        benchmark.group = group  # pytest-benchmark reads it when its rounds start
+
+        def drive(call: Callable[[], object], calls: int, after_round: Callable[[int], None], rounds: int) -> None:
+            ended = [0]
+
+            def synchronised() -> None:
+                call()
+                timer.sync()
+
+            def teardown() -> None:
+                # with iterations > 1 it makes one more call after the rounds (for a result), then tears down again
+                ended[0] += 1
+                if ended[0] <= rounds:
+                    after_round(ended[0])
+
+            with gc_paused():  # as in our rounds (pytest-benchmark leaves the collector on unless told otherwise)
+                benchmark.pedantic(
+                    synchronised,
+                    teardown=teardown,
+                    rounds=rounds,
+                    warmup_rounds=0,  # warmed up already
+                    iterations=calls,
+                )
+
+        return drive
 
     def _claims(self, case: Case, result: PerfResult) -> None:
         """Decide the claims on ``result``: the scenario's speedup on its paired interval, anything else
@@ -436,10 +495,12 @@ class PerfChecks:
                 }
             )
 
-    def _benchmark(self, benchmark: Any | None, run: Callable[[], object], timer: Timer, result: PerfResult) -> None:
-        """pytest-benchmark's own rounds of the candidate (pedantic: explicit rounds, the warm-up already done by
-        the paired rounds, the device synchronised before and after each call), the figures as ``extra_info``,
-        and our regression gate against the stored run."""
+    def _benchmark(
+        self, benchmark: Any | None, run: Callable[[], object], timer: Timer, result: PerfResult, *, driven: bool
+    ) -> None:
+        """pytest-benchmark's record of the result: its rounds are the candidate's paired rounds where it drove them
+        (``driven``), otherwise one synchronised call (a scenario not timed in pairs: memory); the figures as
+        ``extra_info``; and our regression gate against the stored run."""
         cfg = self.session.config
         off = benchmark_off(self.session.pytest_config, benchmark, cfg.compare_fail)
         if off is not None or benchmark is None:
@@ -447,28 +508,21 @@ class PerfChecks:
             if benchmark is not None:  # disabled, it runs the call once, untimed (and does not warn "not used")
                 benchmark.pedantic(run, rounds=1, warmup_rounds=0, iterations=1)
             return
-        benchmark.group = f"{self.session.source.label}: {result.scenario} ({result.dtype}, {result.device})"
+        benchmark.group = (
+            f"{self.session.source.label}: {result.scenario} ({result.dtype}, {result.device})"  # as _group
+        )
         benchmark.extra_info["infer_scenario"] = result.scenario_key
         benchmark.extra_info["infer_metrics"] = result.metrics
         benchmark.extra_info["infer_claims"] = result.claims  # the same list: regression verdicts join it below
         benchmark.extra_info["infer_baseline"] = result.baseline
         benchmark.extra_info["infer_notes"] = result.notes
+        if not driven:
 
-        def synchronised() -> None:
-            run()
-            timer.sync()
+            def synchronised() -> None:
+                run()
+                timer.sync()
 
-        # as many calls per round as our samples (pytest-benchmark reports per call); it accepts a setup only for
-        # one call per round, otherwise each call synchronises at its end, so the next starts synchronised
-        calls = result.calls
-        with gc_paused():  # as in our rounds (pytest-benchmark leaves the collector off when it is off)
-            benchmark.pedantic(
-                synchronised,
-                setup=timer.sync if calls == 1 else None,
-                rounds=cfg.perf_rounds,
-                warmup_rounds=0,  # warmed up by the paired rounds
-                iterations=calls,
-            )
+            benchmark.pedantic(synchronised, setup=timer.sync, rounds=1, warmup_rounds=0, iterations=1)
         hooks: BenchmarkHooks | None = self.session.benchmark_hooks
         if hooks is None or not cfg.compare_fail:
             return
@@ -525,12 +579,13 @@ class PerfChecks:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def _memory_round(run: Callable[[], object], device: str) -> dict[str, int]:
-    """Peak device memory and peak host RSS of one (untimed) call."""
+def _memory_round(run: Callable[[], object], device: str, timer: Timer) -> tuple[dict[str, int], float]:
+    """Peak device memory and peak host RSS of one call, and its wall seconds (timed inside the probes)."""
     into: dict[str, int] = {}
-    with peak_memory(device, into), host_peak_rss(into):
+    took: list[float] = []
+    with peak_memory(device, into), host_peak_rss(into), timer.region(took):
         run()
-    return into
+    return into, took[0]
 
 
 def _release(device: str) -> None:

@@ -22,20 +22,24 @@ TESTS = {
     "test_batching_throughput": "batching",
 }
 
-# auto: decode (the end-to-end figure) for every family that runs under generate, plus the scenarios
-# where the family's change shows: attention and kernels change prefill's compute; compilation the
-# first-token latency and prefill; quantization the load (quantize-on-load) and the weight bytes; caches
-# the first token and the KV bytes; continuous batching is timed by its throughput scenario only.
-# Families not listed (custom techniques, stacks of unlisted families) get every scenario.
+# auto: decode (the end-to-end figure: prefill, every decode step, the cache; weights and peak memory of the call)
+# for every family that runs under generate, plus the scenarios where the family's change shows apart from it:
+# attention and kernels change the compute of a long prefill (256 tokens, see AUTO_PREFILL_LENGTHS); compilation
+# also the overhead-bound short prefill and the first-token latency; quantization the load (quantize-on-load; its
+# weight bytes are in decode's figures and test_weight_storage); caches the KV bytes (memory); continuous batching
+# is timed by its throughput scenario only. Families not listed (custom techniques, stacks of unlisted families)
+# get every scenario.
 FAMILY_SCENARIOS: dict[str, tuple[str, ...]] = {
     "attention": ("decode", "prefill"),
     "kernels": ("decode", "prefill", "load"),
     "compilation": ("decode", "prefill", "ttft"),
-    "quantization": ("decode", "load", "memory"),
-    "caching": ("decode", "ttft", "memory"),
+    "quantization": ("decode", "load"),
+    "caching": ("decode", "memory"),
     "parallelism": ("decode", "memory"),
     "batching": ("batching",),
 }
+# auto: the prefill lengths per family where not every length (perf.PREFILL_LENGTHS) is timed
+AUTO_PREFILL_LENGTHS: dict[str, tuple[int, ...]] = {"attention": (256,), "kernels": (256,)}
 
 
 class ScenarioError(ValueError):
@@ -68,3 +72,20 @@ def wanted(selection: Sequence[str], families: Iterable[str]) -> frozenset[str]:
     for family in set(families) - {"stack"} or {"stack"}:
         out.update(FAMILY_SCENARIOS.get(family, SCENARIOS))
     return frozenset(out) or frozenset(SCENARIOS)
+
+
+def prefill_lengths(selection: Sequence[str], families: Iterable[str]) -> frozenset[int] | None:
+    """The prefill lengths to time for a technique of these families (None: every length)."""
+    if tuple(selection) != ("auto",):
+        return None
+    lengths: set[int] = set()
+    for family in set(families) - {"stack"} or {"stack"}:
+        timed = FAMILY_SCENARIOS.get(family)
+        if timed is None:
+            return None  # a family auto knows nothing of: everything
+        if "prefill" not in timed:
+            continue  # it does not time prefill: no say in its lengths
+        if family not in AUTO_PREFILL_LENGTHS:
+            return None
+        lengths.update(AUTO_PREFILL_LENGTHS[family])
+    return frozenset(lengths) or None

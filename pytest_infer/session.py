@@ -9,6 +9,7 @@ import fnmatch
 import functools
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,8 @@ class InferSession:
         self.stack_mismatch = ""
         self.outcomes: list[dict[str, Any]] = []
         self.progress: Progress = Progress(0)  # the plugin installs the terminal's (see progress.py)
+        # perf: per resident model, the scenarios it has run and its first call's seconds (pytest_infer.perf)
+        self.first_calls: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
         self._started = time.perf_counter()
         self._active = (
             bool(cfg.suites) or _explicitly_loaded(pytest_config) or any(s != "default" for s in cfg.sources.values())
@@ -367,6 +370,24 @@ class InferSession:
             out.append(p)
         return out
 
+    def _auto_prefill_lengths(self, items: list[pytest.Item]) -> None:
+        """Under ``auto``, the bundled prefill test of a family timed at some lengths only (attention, kernels:
+        the long prompt) is deselected at the others (see :data:`pytest_infer.scenarios.AUTO_PREFILL_LENGTHS`)."""
+        if self.config.perf_scenarios != ("auto",):
+            return
+        from pytest_infer.scenarios import prefill_lengths
+
+        for item in items:
+            callspec = getattr(item, "callspec", None)
+            if callspec is None or item.path not in self.suite_files or "prompt_len" not in callspec.params:
+                continue
+            case = next((v for v in callspec.params.values() if isinstance(v, Case)), None)
+            if case is None:
+                continue
+            lengths = prefill_lengths(("auto",), {case.technique.family} | _families(case.technique, self.registry))
+            if lengths is not None and callspec.params["prompt_len"] not in lengths:
+                item.add_marker(pytest.mark.infer_not_selected)
+
     @staticmethod
     def _check_markers(metafunc: pytest.Metafunc) -> None:
         """A pytest-infer marker with wrong arguments fails the collection of its test (before any model
@@ -377,6 +398,7 @@ class InferSession:
                 pytest.fail(f"{metafunc.definition.nodeid}: {problem}", pytrace=False)
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        self._auto_prefill_lengths(items)
         dropped = [i for i in items if i.get_closest_marker("infer_not_selected") is not None]
         if dropped:
             config.hook.pytest_deselected(items=dropped)

@@ -4,9 +4,10 @@
 ``--benchmark-compare-fail=median:50%``, and our gate on what it does not compare,
 ``--infer-compare-fail=cpu_speedup:8%,load.cpu_speedup:30%,weight_bytes:5%``.
 
-Each scenario times a first call alone (compilation), warms up, runs ``--infer-perf-rounds`` paired rounds
-against the baseline (short calls repeated within a sample) and hands pytest-benchmark its own rounds in
-pedantic mode (docs/performance.md). Without pytest-benchmark (``-p no:benchmark``, or xdist, where it disables
+Each scenario times a first call alone (compilation), then a second call that sizes the samples under the
+memory probes, then ``--infer-perf-rounds`` paired rounds against the baseline (short calls repeated within a
+sample), the candidate's driven by pytest-benchmark in pedantic mode, so they are its rounds too
+(docs/performance.md). Without pytest-benchmark (``-p no:benchmark``, or xdist, where it disables
 itself) the tests still measure and decide, and say that storage and comparison are off.
 """
 

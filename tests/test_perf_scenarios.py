@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pytest_infer.scenarios import FAMILY_SCENARIOS, SCENARIOS, TESTS, ScenarioError, validate, wanted
+from pytest_infer.scenarios import FAMILY_SCENARIOS, SCENARIOS, TESTS, ScenarioError, prefill_lengths, validate, wanted
 
 
 def test_validate() -> None:
@@ -23,12 +23,21 @@ def test_validate() -> None:
 
 
 def test_wanted_by_family_and_for_stacks() -> None:
-    assert wanted(("auto",), {"quantization"}) == {"decode", "load", "memory"}
-    assert wanted(("auto",), {"stack", "quantization", "attention"}) == {"decode", "load", "memory", "prefill"}
+    assert wanted(("auto",), {"quantization"}) == {"decode", "load"}
+    assert wanted(("auto",), {"stack", "caching", "attention"}) == {"decode", "memory", "prefill"}
     assert wanted(("auto",), {"custom"}) == set(SCENARIOS)  # a user's technique: everything
     assert wanted(("decode",), {"quantization"}) == {"decode"}
     assert set(TESTS.values()) == set(SCENARIOS)
     assert all(set(v) <= set(SCENARIOS) for v in FAMILY_SCENARIOS.values())
+
+
+def test_auto_prefill_lengths_by_family() -> None:
+    assert prefill_lengths(("auto",), {"attention"}) == {256}
+    assert prefill_lengths(("auto",), {"compilation"}) is None  # every length: short prompts show its overhead
+    assert prefill_lengths(("auto",), {"stack", "attention", "caching"}) == {256}  # caching times no prefill
+    assert prefill_lengths(("auto",), {"stack", "attention", "compilation"}) is None
+    assert prefill_lengths(("auto",), {"custom"}) is None
+    assert prefill_lengths(("prefill",), {"attention"}) is None  # an explicit selection: every length
 
 
 def _collected(result: pytest.RunResult) -> list[str]:
@@ -41,14 +50,12 @@ def test_auto_selects_by_family_and_groups_by_technique(run_infer: Any) -> None:
     result = run_infer("--infer-suite=perf", techniques, "--collect-only", "-q")
     assert _collected(result) == [
         "test_performance.py::test_decode_speed[cpu-float32-sdpa]",
-        "test_performance.py::test_prefill_latency[cpu-float32-sdpa-prompt32]",
         "test_performance.py::test_prefill_latency[cpu-float32-sdpa-prompt256]",
         "test_performance.py::test_model_load[cpu-float32-quanto_int8]",
         "test_performance.py::test_decode_speed[cpu-float32-quanto_int8]",
-        "test_performance.py::test_memory[cpu-float32-quanto_int8]",
         "test_performance.py::test_batching_throughput[cpu-float32-paged|sdpa]",
     ]
-    result.stdout.fnmatch_lines(["7/25 tests collected (18 deselected)*"])
+    result.stdout.fnmatch_lines(["5/25 tests collected (20 deselected)*"])
 
 
 def test_all_and_a_list(run_infer: Any) -> None:
