@@ -456,6 +456,22 @@ def calls_for(call_s: float, min_sample_s: float = MIN_SAMPLE_S) -> int:
     return max(1, min(1000, round(min_sample_s / max(call_s, 1e-6))))
 
 
+def sample_calls(baseline_s: float, candidate_s: float, min_sample_s: float = MIN_SAMPLE_S) -> tuple[int, int]:
+    """Calls per sample of each side, from one call of each: the same count for both where their calls are within
+    a factor of two (from the geometric mean of the two), so that both sides' samples have the same structure.
+
+    What a sample's first call pays for following the other side's sample (caches holding the other model's
+    weights and activations) is then the same share of both; with counts of, say, 2 and 3 it is not, and
+    the ratio moves with the counts, which the single timed call picks anew in every session. Where one side
+    is more than twice as fast, each gets its own count (a common one would make the slow side's samples
+    needlessly long)."""
+    low, high = sorted((max(baseline_s, 1e-6), max(candidate_s, 1e-6)))
+    if high <= 2 * low:
+        both = calls_for((low * high) ** 0.5, min_sample_s)
+        return both, both
+    return calls_for(baseline_s, min_sample_s), calls_for(candidate_s, min_sample_s)
+
+
 def calls_per_sample(run: Callable[[], object], timer: Timer, min_sample_s: float = MIN_SAMPLE_S) -> int:
     """:func:`calls_for` the time of one call of ``run`` (called once, timed)."""
     took: list[float] = []

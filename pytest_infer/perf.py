@@ -31,7 +31,6 @@ from pytest_infer.measure import (
     Paired,
     PerfResult,
     Timer,
-    calls_for,
     decide,
     gc_paused,
     host_peak_rss,
@@ -39,6 +38,7 @@ from pytest_infer.measure import (
     paired_rounds,
     peak_memory,
     perf_headline,
+    sample_calls,
     weight_bytes,
 )
 from pytest_infer.models import encode
@@ -380,7 +380,7 @@ class PerfChecks:
         drive = self._driver(benchmark, timer, self._group(sc.label, case)) if timed else None
         if timed:
             # short calls are repeated within a sample (see calls_for); times are per call
-            sc.calls = (calls_for(took_b), calls_for(took_c))
+            sc.calls = sample_calls(took_b, took_c)
             with progress.step(f"timing {case.technique.name} vs {base_case.technique.name} {what}"):
                 base_s, cand_s = paired_rounds(
                     sc.run_baseline,
@@ -499,7 +499,7 @@ class PerfChecks:
         self, benchmark: Any | None, run: Callable[[], object], timer: Timer, result: PerfResult, *, driven: bool
     ) -> None:
         """pytest-benchmark's record of the result: its rounds are the candidate's paired rounds where it drove them
-        (``driven``), otherwise one synchronised call (a scenario not timed in pairs: memory); the figures as
+        (``driven``), otherwise rounds of one synchronised call (a scenario not timed in pairs: memory); the figures as
         ``extra_info``; and our regression gate against the stored run."""
         cfg = self.session.config
         off = benchmark_off(self.session.pytest_config, benchmark, cfg.compare_fail)
@@ -522,7 +522,10 @@ class PerfChecks:
                 run()
                 timer.sync()
 
-            benchmark.pedantic(synchronised, setup=timer.sync, rounds=1, warmup_rounds=0, iterations=1)
+            with gc_paused():
+                benchmark.pedantic(
+                    synchronised, setup=timer.sync, rounds=cfg.perf_rounds, warmup_rounds=0, iterations=1
+                )
         hooks: BenchmarkHooks | None = self.session.benchmark_hooks
         if hooks is None or not cfg.compare_fail:
             return

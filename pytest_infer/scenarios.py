@@ -24,8 +24,9 @@ TESTS = {
 
 # auto: decode (the end-to-end figure: prefill, every decode step, the cache; weights and peak memory of the call)
 # for every family that runs under generate, plus the scenarios where the family's change shows apart from it:
-# attention and kernels change the compute of a long prefill (256 tokens, see AUTO_PREFILL_LENGTHS); compilation
-# also the overhead-bound short prefill and the first-token latency; quantization the load (quantize-on-load; its
+# attention, kernels and compilation change the compute of a long prefill (256 tokens, see AUTO_PREFILL_LENGTHS);
+# compilation also the first-token latency (a short prefill and generate's set-up: where guard and launch
+# overhead show, as in a short prefill alone); quantization the load (quantize-on-load; its
 # weight bytes are in decode's figures and test_weight_storage); caches the KV bytes (memory); continuous batching
 # is timed by its throughput scenario only. Families not listed (custom techniques, stacks of unlisted families)
 # get every scenario.
@@ -39,7 +40,7 @@ FAMILY_SCENARIOS: dict[str, tuple[str, ...]] = {
     "batching": ("batching",),
 }
 # auto: the prefill lengths per family where not every length (perf.PREFILL_LENGTHS) is timed
-AUTO_PREFILL_LENGTHS: dict[str, tuple[int, ...]] = {"attention": (256,), "kernels": (256,)}
+AUTO_PREFILL_LENGTHS: dict[str, tuple[int, ...]] = {"attention": (256,), "kernels": (256,), "compilation": (256,)}
 
 
 class ScenarioError(ValueError):

@@ -409,8 +409,8 @@ class InferSession:
         """In each bundled suite file, a technique's tests run one after the other (techniques in the order
         selected, tests in the file's order), the
         way pytest groups tests by the parameters of higher-scoped fixtures: its model is loaded (and
-        compiled) once per file instead of once per test, the session cache holding only ``--infer-max-models``
-        models. Other files keep their order."""
+        compiled) once per file at most, even where the session cache holds only two models
+        (``--infer-max-models 2``, or models too large to keep more). Other files keep their order."""
         if not any(item.path in self.suite_files for item in items):
             return  # no bundled suite: nothing to reorder (and no device to resolve, so no torch import)
         order = {c.id: i for i, c in enumerate(self.cases())}  # the selection's order

@@ -33,9 +33,8 @@ def test_wanted_by_family_and_for_stacks() -> None:
 
 def test_auto_prefill_lengths_by_family() -> None:
     assert prefill_lengths(("auto",), {"attention"}) == {256}
-    assert prefill_lengths(("auto",), {"compilation"}) is None  # every length: short prompts show its overhead
+    assert prefill_lengths(("auto",), {"compilation"}) == {256}  # its short-prompt overhead: in ttft
     assert prefill_lengths(("auto",), {"stack", "attention", "caching"}) == {256}  # caching times no prefill
-    assert prefill_lengths(("auto",), {"stack", "attention", "compilation"}) is None
     assert prefill_lengths(("auto",), {"custom"}) is None
     assert prefill_lengths(("prefill",), {"attention"}) is None  # an explicit selection: every length
 
