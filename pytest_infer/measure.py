@@ -539,8 +539,8 @@ def paired_rounds(
 ) -> tuple[list[float], list[float]]:
     """Warm both up, then alternate timed rounds so that drift affects both alike: the pairs run baseline first,
     then candidate first, and so on (B C | C B | B C ...). Returns the wall seconds of each side's samples (a
-    sample: ``calls`` = (baseline, candidate) calls in a row), and appends their process-CPU seconds to ``cpu``
-    (baseline, candidate).
+    sample: ``calls`` = (baseline, candidate) calls in a row, each synchronising the device at its end, on both
+    sides alike), and off cuda appends their process-CPU seconds to ``cpu`` (baseline, candidate).
 
     ``drive`` runs the candidate's rounds: with pytest-benchmark's pedantic mode the candidate samples of the
     pairs are the very rounds pytest-benchmark records (no second set of rounds for it), and the baseline's
@@ -552,25 +552,33 @@ def paired_rounds(
     cand: list[float] = []
     cpu_b, cpu_c = cpu if cpu is not None else ([], [])
     watch = Stopwatch(timer)
-    baseline_sample = repeated(run_baseline, calls[0])
     done = [False]
+
+    def baseline_call() -> None:
+        run_baseline()
+        timer.sync()
+
+    baseline_sample = repeated(baseline_call, calls[0])
 
     def time_baseline() -> None:
         watch.start()
         baseline_sample()
         wall, cpu_s = watch.stop()
         base.append(wall)
-        cpu_b.append(cpu_s)
+        if not timer.cuda:  # host CPU time on cuda includes the wait in synchronize: not a figure to compare
+            cpu_b.append(cpu_s)
 
     def candidate_call() -> None:
         if not done[0] and not watch.running:  # the first call of a round starts its sample
             watch.start()
         run_candidate()
+        timer.sync()
 
     def after_round(r: int) -> None:
         wall, cpu_s = watch.stop()
         cand.append(wall)
-        cpu_c.append(cpu_s)
+        if not timer.cuda:
+            cpu_c.append(cpu_s)
         if r % 2 == 0:  # round r ran candidate first: its baseline now, then the next pair's, which runs first
             time_baseline()
             if r < rounds:

@@ -209,16 +209,17 @@ def forward_logits(model: Any, batch: Batch, technique: Technique) -> torch.Tens
 
 class ModelCache:
     """Least-recently-used store of loaded models and computed reference tensors, bounded in count
-    (``max_models``) or, with ``max_models=0`` (``auto``), by the weight bytes of the resident models against
-    ``budget_bytes`` (default: a quarter of the smallest memory the models live in), keeping at least two."""
+    (``max_models``) or, with ``max_models=0`` (``auto``), by weight bytes: the resident models of each device
+    kind against a quarter of its memory (host RAM for cpu, the current GPU's for cuda), or all of them
+    against ``budget_bytes`` where given; at least two stay (a baseline and a candidate)."""
 
     def __init__(self, max_models: int, budget_bytes: int | None = None) -> None:
         self.max_models = max_models
         self.budget_bytes = budget_bytes
         self._models: OrderedDict[Hashable, Any] = OrderedDict()
         self._bytes: dict[Hashable, int] = {}
+        self._device: dict[Hashable, str] = {}
         self._tensors: dict[Hashable, Any] = {}
-        self._devices: set[str] = set()
         self.loads = 0
         self.evictions = 0
 
@@ -231,24 +232,34 @@ class ModelCache:
         self.loads += 1
         self._models[key] = model
         self._bytes[key] = _resident_bytes(model)
-        self._devices.add(_device_type(model))
+        self._device[key] = _device_type(model)
         return model
 
     @property
     def resident_bytes(self) -> int:
         return sum(self._bytes.values())
 
-    def budget(self) -> int:
+    def budget(self, device_type: str = "cpu") -> int:
         if self.budget_bytes is not None:
             return self.budget_bytes
-        return min((memory_of(d) for d in self._devices), default=0) // 4
+        return memory_of(device_type) // 4
+
+    def _over(self, incoming: int) -> bool:
+        """Would a model of ``incoming`` bytes on any device kind already in use exceed that kind's budget?"""
+        if self.budget_bytes is not None:
+            return self.resident_bytes + incoming > self.budget_bytes
+        kinds = set(self._device.values())
+        return any(
+            sum(n for k, n in self._bytes.items() if self._device.get(k) == kind) + incoming > self.budget(kind)
+            for kind in kinds
+        )
 
     def _make_room(self, incoming: int) -> None:
         if self.max_models:
             while len(self._models) >= self.max_models:
                 self._evict()
             return
-        while len(self._models) >= 2 and self.resident_bytes + incoming > self.budget():
+        while len(self._models) >= 2 and self._over(incoming):
             self._evict()
 
     def tensor(self, key: Hashable, factory: Callable[[], Any]) -> Any:
@@ -259,12 +270,14 @@ class ModelCache:
     def discard(self, key: Hashable) -> None:
         """Drop one model (e.g. after it raised: compiled state may be left half-built)."""
         self._bytes.pop(key, None)
+        self._device.pop(key, None)
         if self._models.pop(key, None) is not None:
             release_memory()
 
     def _evict(self) -> None:
         key, model = self._models.popitem(last=False)
         self._bytes.pop(key, None)
+        self._device.pop(key, None)
         self.evictions += 1
         del model
         release_memory()
@@ -272,6 +285,7 @@ class ModelCache:
     def clear(self) -> None:
         self._models.clear()
         self._bytes.clear()
+        self._device.clear()
         self._tensors.clear()
         release_memory()
 

@@ -165,17 +165,31 @@ class PerfChecks:
             tokens=rows * n,
             baseline_model=base_model,
         )
-        rounds = self.session.config.perf_rounds
+        rounds, warmup = self.session.config.perf_rounds, self.session.config.perf_warmup
+        start: dict[str, int] = {}
 
-        def per_token() -> None:  # the streamed steps of the calls in the timed rounds (the last ones)
+        def before_rounds() -> None:  # where the timed calls' steps will start (after the warm-up calls')
+            start.update(b=len(steps_b) + warmup, c=len(steps_c) + warmup)
+
+        def per_token() -> None:  # the streamed steps of the calls in the timed rounds (not of a call after them)
             timed_b, timed_c = rounds * sc.calls[0], rounds * sc.calls[1]
-            if len(steps_c) >= timed_c and n > 1:
-                cand = statistics.median(steps_c[-timed_c:])
+            cand_steps = steps_c[start["c"] : start["c"] + timed_c]
+            base_steps = steps_b[start["b"] : start["b"] + timed_b]
+            if len(cand_steps) == timed_c and n > 1:
+                cand = statistics.median(cand_steps)
                 sc.extra["decode_ms_per_token"] = 1000 * cand
-                if len(steps_b) >= timed_b:
-                    sc.extra["decode_step_speedup"] = statistics.median(steps_b[-timed_b:]) / cand
+                if len(base_steps) == timed_b:
+                    sc.extra["decode_step_speedup"] = statistics.median(base_steps) / cand
 
-        return self._measure(case, base_case, sc, benchmark, weights=(cand_model, base_model), on_rounds=per_token)
+        return self._measure(
+            case,
+            base_case,
+            sc,
+            benchmark,
+            weights=(cand_model, base_model),
+            before_rounds=before_rounds,
+            on_rounds=per_token,
+        )
 
     def prefill(self, case: Case, prompt_len: int, benchmark: Any | None = None) -> PerfResult:
         """One forward over a batch of prompts of exactly ``prompt_len`` tokens, building the KV cache and the
@@ -345,6 +359,7 @@ class PerfChecks:
         benchmark: Any | None,
         *,
         weights: tuple[Any, Any] | None = None,
+        before_rounds: Callable[[], None] | None = None,
         on_rounds: Callable[[], None] | None = None,
         timed: bool = True,
         complete: Callable[[PerfResult], None] | None = None,
@@ -381,6 +396,8 @@ class PerfChecks:
         if timed:
             # short calls are repeated within a sample (see calls_for); times are per call
             sc.calls = sample_calls(took_b, took_c)
+            if before_rounds is not None:
+                before_rounds()
             with progress.step(f"timing {case.technique.name} vs {base_case.technique.name} {what}"):
                 base_s, cand_s = paired_rounds(
                     sc.run_baseline,
@@ -437,18 +454,14 @@ class PerfChecks:
     def _driver(self, benchmark: Any | None, timer: Timer, group: str) -> Driver | None:
         """pytest-benchmark's pedantic mode as the driver of the candidate's timed rounds (None where it is off):
         ``iterations`` = the calls of a sample, so it records the time per call; its per-round ``teardown``
-        runs the baseline's samples between the rounds, outside its timing; the device is synchronised after
-        each call, so that each call's time is its own."""
+        runs the baseline's samples between the rounds, outside its timing. Each call of either side
+        synchronises the device at its end (:func:`~pytest_infer.measure.paired_rounds`)."""
         if benchmark is None or benchmark_off(self.session.pytest_config, benchmark) is not None:
             return None
         benchmark.group = group  # pytest-benchmark reads it when its rounds start
 
         def drive(call: Callable[[], object], calls: int, after_round: Callable[[int], None], rounds: int) -> None:
             ended = [0]
-
-            def synchronised() -> None:
-                call()
-                timer.sync()
 
             def teardown() -> None:
                 # with iterations > 1 it makes one more call after the rounds (for a result), then tears down again
@@ -458,7 +471,7 @@ class PerfChecks:
 
             with gc_paused():  # as in our rounds (pytest-benchmark leaves the collector on unless told otherwise)
                 benchmark.pedantic(
-                    synchronised,
+                    call,
                     teardown=teardown,
                     rounds=rounds,
                     warmup_rounds=0,  # warmed up already

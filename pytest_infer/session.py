@@ -371,8 +371,9 @@ class InferSession:
         return out
 
     def _auto_prefill_lengths(self, items: list[pytest.Item]) -> None:
-        """Under ``auto``, the bundled prefill test of a family timed at some lengths only (attention, kernels:
-        the long prompt) is deselected at the others (see :data:`pytest_infer.scenarios.AUTO_PREFILL_LENGTHS`)."""
+        """Under ``auto``, the bundled prefill test of a family timed at some lengths only (attention, kernels,
+        compilation: the long prompt) is deselected at the others (see
+        :data:`pytest_infer.scenarios.AUTO_PREFILL_LENGTHS`)."""
         if self.config.perf_scenarios != ("auto",):
             return
         from pytest_infer.scenarios import prefill_lengths

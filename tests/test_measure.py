@@ -21,11 +21,12 @@ def test_similar_sides_get_the_same_count_and_distant_ones_their_own() -> None:
 
 def test_paired_rounds_alternate_which_side_goes_first() -> None:
     log: list[str] = []
+    cpu: tuple[list[float], list[float]] = ([], [])
     base, cand = paired_rounds(
-        lambda: log.append("B"), lambda: log.append("C"), Timer("cpu"), rounds=5, warmup=1, calls=(2, 1)
+        lambda: log.append("B"), lambda: log.append("C"), Timer("cpu"), rounds=5, warmup=1, cpu=cpu, calls=(2, 1)
     )
     assert "".join(log) == "BC" + "BB" + "C" + "C" + "BBBB" + "C" + "C" + "BBBB" + "C"
-    assert len(base) == len(cand) == 5
+    assert len(base) == len(cand) == len(cpu[0]) == len(cpu[1]) == 5  # off cuda: CPU time of every sample too
 
 
 def test_a_driver_that_calls_once_more_after_its_rounds_is_not_timed() -> None:

@@ -68,7 +68,9 @@ def test_auto_budget_is_a_quarter_of_host_memory_for_cpu_models() -> None:
 
     cache = ModelCache(max_models=0)
     cache.model("a", lambda: Weights(10))
-    assert memory_of("cpu") > 2**30 and cache.budget() == memory_of("cpu") // 4
+    assert memory_of("cpu") > 2**30 and cache.budget("cpu") == memory_of("cpu") // 4
+    assert not cache._over(memory_of("cpu") // 8)
+    assert cache._over(memory_of("cpu") // 4)
 
 
 def test_embedded_model_loads_through_from_pretrained() -> None:
