@@ -754,7 +754,7 @@ def measure_throughput(
     import torch
 
     from pytest_infer.generation import greedy_generate
-    from pytest_infer.measure import Timer, host_peak_rss, loop_driver, paired_rounds, peak_memory
+    from pytest_infer.measure import Timer, loop_driver, memory_round, paired_rounds
     from pytest_infer.models import encode
 
     if rounds < 1:
@@ -781,11 +781,12 @@ def measure_throughput(
             ]
         counts["sequential"] = sum(len(o.tokens[0]) for o in outs)
 
+    timer = Timer(device)
     sequential()
-    probed: dict[str, int] = {} if memory is None else memory
-    with peak_memory(device, probed), host_peak_rss(probed):
-        batch()
-    seq_s, batch_s = paired_rounds(sequential, batch, Timer(device), rounds, warmup, drive=drive or loop_driver)
+    probed, _ = memory_round(batch, device, timer)
+    if memory is not None:
+        memory.update(probed)
+    seq_s, batch_s = paired_rounds(sequential, batch, timer, rounds, warmup, drive=drive or loop_driver)
     return ThroughputResult(
         technique=technique.name,
         device=device,

@@ -240,6 +240,16 @@ def host_peak_rss(into: dict[str, int]) -> Iterator[None]:
     into.update(peak_rss=peak, peak_rss_delta=max(0, peak - start), rss_exact=0)
 
 
+def memory_round(run: Callable[[], object], device: str, timer: Timer) -> tuple[dict[str, int], float]:
+    """Peak device memory and peak host RSS of one call (:func:`peak_memory`, :func:`host_peak_rss`), and its
+    wall seconds (timed inside the probes)."""
+    into: dict[str, int] = {}
+    took: list[float] = []
+    with peak_memory(device, into), host_peak_rss(into), timer.region(took):
+        run()
+    return into, took[0]
+
+
 @dataclass
 class Paired:
     """Alternating rounds of baseline and candidate: times, and the speedup interval."""
@@ -552,7 +562,6 @@ def paired_rounds(
     cand: list[float] = []
     cpu_b, cpu_c = cpu if cpu is not None else ([], [])
     watch = Stopwatch(timer)
-    done = [False]
 
     def baseline_call() -> None:
         run_baseline()
@@ -569,7 +578,7 @@ def paired_rounds(
             cpu_b.append(cpu_s)
 
     def candidate_call() -> None:
-        if not done[0] and not watch.running:  # the first call of a round starts its sample
+        if not watch.running:  # the first call of a round starts its sample (a call after the rounds: never stopped)
             watch.start()
         run_candidate()
         timer.sync()
@@ -583,7 +592,6 @@ def paired_rounds(
             time_baseline()
             if r < rounds:
                 time_baseline()
-        done[0] = r >= rounds  # a driver may call once more for a result (pytest-benchmark does): not timed
 
     with gc_paused():
         time_baseline()

@@ -3,8 +3,8 @@
 A model is loaded once per (source, technique load signature, dtype, device); reference logits are
 computed once per (prompts, reference, dtype, device). Models stay resident across tests and suite files
 (a compiled model keeps its compiled code) within a bound: ``max_models`` models, or by default (``auto``)
-as many as fit in a quarter of the smallest memory they live in (host RAM, each GPU's memory), never fewer
-than two (a baseline and a candidate). Beyond it, the least recently used one is dropped and device memory
+as many as fit, per device kind, in a quarter of its memory (host RAM for cpu, the current GPU's for cuda),
+never fewer than two (a baseline and a candidate). Beyond it, the least recently used one is dropped and device memory
 is released.
 """
 
@@ -308,8 +308,8 @@ def _device_type(model: Any) -> str:
 
 
 def memory_of(device_type: str) -> int:
-    """Total memory of a device kind: host RAM for cpu (and devices without their own query), the first
-    visible GPU's memory for cuda; 0 where unknown (then nothing beyond two models stays resident)."""
+    """Total memory of a device kind: host RAM for cpu (and devices without their own query), the current GPU's
+    memory for cuda; 0 where unknown (then nothing beyond two models stays resident)."""
     if device_type == "cuda":
         import torch
 

@@ -33,10 +33,9 @@ from pytest_infer.measure import (
     Timer,
     decide,
     gc_paused,
-    host_peak_rss,
     loop_driver,
+    memory_round,
     paired_rounds,
-    peak_memory,
     perf_headline,
     sample_calls,
     weight_bytes,
@@ -312,7 +311,7 @@ class PerfChecks:
         model = self.parity.model(case)
         timer = Timer(case.device)
         label = f"continuous batching {len(prompts)} requests x {n} tokens"
-        drive = self._driver(benchmark, timer, self._group(label, case))
+        drive = self._driver(benchmark, timer, self._group(label, case.dtype, case.device))
         memory: dict[str, int] = {}
         tp = measure_throughput(
             model, tok, prompts, case.technique, n, rounds=cfg.perf_rounds, warmup=cfg.perf_warmup,
@@ -386,13 +385,13 @@ class PerfChecks:
         with progress.step(f"{compiling} {case.technique.name} {what}"), timer.region(first_c):
             sc.run_candidate()
         # the second call of each side: timed alone (how many calls make a sample) and under the memory probes
-        mem_b, took_b = _memory_round(sc.run_baseline, case.device, timer)
-        mem_c, took_c = _memory_round(sc.run_candidate, case.device, timer)
+        mem_b, took_b = memory_round(sc.run_baseline, case.device, timer)
+        mem_c, took_c = memory_round(sc.run_candidate, case.device, timer)
         base_s: list[float] = []
         cand_s: list[float] = []
         cpu_b: list[float] = []
         cpu_c: list[float] = []
-        drive = self._driver(benchmark, timer, self._group(sc.label, case)) if timed else None
+        drive = self._driver(benchmark, timer, self._group(sc.label, case.dtype, case.device)) if timed else None
         if timed:
             # short calls are repeated within a sample (see calls_for); times are per call
             sc.calls = sample_calls(took_b, took_c)
@@ -448,8 +447,8 @@ class PerfChecks:
         self._benchmark(benchmark, sc.run_candidate, timer, result, driven=drive is not None)
         return result
 
-    def _group(self, scenario: str, case: Case) -> str:
-        return f"{self.session.source.label}: {scenario} ({case.dtype}, {case.device})"
+    def _group(self, scenario: str, dtype: str, device: str) -> str:
+        return f"{self.session.source.label}: {scenario} ({dtype}, {device})"
 
     def _driver(self, benchmark: Any | None, timer: Timer, group: str) -> Driver | None:
         """pytest-benchmark's pedantic mode as the driver of the candidate's timed rounds (None where it is off):
@@ -521,9 +520,7 @@ class PerfChecks:
             if benchmark is not None:  # disabled, it runs the call once, untimed (and does not warn "not used")
                 benchmark.pedantic(run, rounds=1, warmup_rounds=0, iterations=1)
             return
-        benchmark.group = (
-            f"{self.session.source.label}: {result.scenario} ({result.dtype}, {result.device})"  # as _group
-        )
+        benchmark.group = self._group(result.scenario, result.dtype, result.device)
         benchmark.extra_info["infer_scenario"] = result.scenario_key
         benchmark.extra_info["infer_metrics"] = result.metrics
         benchmark.extra_info["infer_claims"] = result.claims  # the same list: regression verdicts join it below
@@ -595,15 +592,6 @@ class PerfChecks:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def _memory_round(run: Callable[[], object], device: str, timer: Timer) -> tuple[dict[str, int], float]:
-    """Peak device memory and peak host RSS of one call, and its wall seconds (timed inside the probes)."""
-    into: dict[str, int] = {}
-    took: list[float] = []
-    with peak_memory(device, into), host_peak_rss(into), timer.region(took):
-        run()
-    return into, took[0]
-
-
 def _release(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):

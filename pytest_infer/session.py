@@ -379,14 +379,14 @@ class InferSession:
         from pytest_infer.scenarios import prefill_lengths
 
         for item in items:
-            callspec = getattr(item, "callspec", None)
-            if callspec is None or item.path not in self.suite_files or "prompt_len" not in callspec.params:
+            case = _item_case(item)
+            if case is None or item.path not in self.suite_files:
                 continue
-            case = next((v for v in callspec.params.values() if isinstance(v, Case)), None)
-            if case is None:
+            prompt_len = item.callspec.params.get("prompt_len")  # type: ignore[attr-defined]  # (a case: parametrized)
+            if prompt_len is None:
                 continue
             lengths = prefill_lengths(("auto",), {case.technique.family} | _families(case.technique, self.registry))
-            if lengths is not None and callspec.params["prompt_len"] not in lengths:
+            if lengths is not None and prompt_len not in lengths:
                 item.add_marker(pytest.mark.infer_not_selected)
 
     @staticmethod
@@ -421,8 +421,7 @@ class InferSession:
 
         def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
             index, item = pair
-            callspec = getattr(item, "callspec", None)
-            case = next((v for v in callspec.params.values() if isinstance(v, Case)), None) if callspec else None
+            case = _item_case(item)
             if case is None or item.path not in self.suite_files:
                 return (index, 0, 0)  # in place
             return (file_start[item.path], order.get(case.id, len(order)), index)
@@ -574,6 +573,12 @@ def _all_families() -> frozenset[str]:
     from pytest_infer.technique import FAMILIES
 
     return frozenset(FAMILIES)
+
+
+def _item_case(item: pytest.Item) -> Case | None:
+    """The :class:`Case` a parametrized item runs (None: not a pytest-infer case)."""
+    callspec = getattr(item, "callspec", None)
+    return next((v for v in callspec.params.values() if isinstance(v, Case)), None) if callspec else None
 
 
 def _families(technique: Technique, registry: Registry) -> set[str]:
