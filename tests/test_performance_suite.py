@@ -110,6 +110,68 @@ def test_every_scenario_reaches_pytest_benchmark_the_report_and_the_terminal(
     )
 
 
+COUNTED = """
+import contextlib
+
+from pytest_infer import Technique
+
+CALLS = [0]
+
+
+@contextlib.contextmanager
+def counted():
+    CALLS[0] += 1
+    yield
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(Technique(name="counted", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           context=counted))
+
+
+def pytest_sessionfinish(session):
+    (session.config.rootpath / "calls.txt").write_text(str(CALLS[0]))
+"""
+
+
+@pytest.mark.parametrize("benchmark_on", [True, False], ids=["pytest-benchmark", "no-benchmark-plugin"])
+def test_each_candidate_call_is_timed_once_for_both_records(
+    pytester: pytest.Pytester, run_infer, benchmark_on: bool
+) -> None:
+    """The candidate's calls in one prefill test: its first call, the call that sizes the samples, and the paired
+    rounds, which pytest-benchmark drives (plus the one call it makes after its rounds, for a result, when a round
+    has several calls). Rounds of its own on top would add 3 x the calls of a sample."""
+    pytester.makeconftest(COUNTED)
+    off = () if benchmark_on else ("-p", "no:benchmark")
+    args = ("--infer-suite=perf", "--infer-technique=counted", "--infer-baseline=sdpa", "--infer-perf-rounds=3")
+    result = run_infer(*off, *args, "-k", "prefill and prompt32", "--infer-report=report.json")
+    result.assert_outcomes(passed=1, deselected=6)
+    (perf,) = [
+        r for r in json.loads((pytester.path / "report.json").read_text())["results"] if r["technique"] == "counted"
+    ]
+    calls = perf["calls"]
+    extra = 1 if benchmark_on and calls > 1 else 0
+    assert int((pytester.path / "calls.txt").read_text()) == 2 + 3 * calls + extra, calls
+
+
+def test_the_baseline_s_first_call_runs_once_per_model_and_scenario(pytester: pytest.Pytester, run_infer) -> None:
+    """Two candidates timed against the same resident baseline in the same scenario: the baseline's first call runs
+    for the first test only; each test then makes its sizing call and its paired rounds' calls."""
+    pytester.makeconftest(COUNTED)
+    args = (
+        "--infer-suite=perf",
+        "--infer-technique=sdpa,sdpa_math",
+        "--infer-baseline=counted",
+        "--infer-perf-rounds=2",
+    )
+    result = run_infer(*args, "-k", "prefill and prompt256", "--infer-report=report.json")
+    result.assert_outcomes(passed=2, deselected=11)
+    perf = [r for r in json.loads((pytester.path / "report.json").read_text())["results"] if r["kind"] == "performance"]
+    assert len(perf) == 2 and perf[0]["baseline_first_call_s"] == perf[1]["baseline_first_call_s"] > 0
+    expected = 1 + sum(1 + 2 * r["baseline_calls"] for r in perf)
+    assert int((pytester.path / "calls.txt").read_text()) == expected
+
+
 CLAIMING = """
 from pytest_infer import Expectation, Technique
 
