@@ -57,7 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_infer import xdist as infer_xdist
 
     # first: CUDA_VISIBLE_DEVICES must be set before anything initializes CUDA in this xdist worker
-    config.pluginmanager.register(infer_xdist.XdistHooks(infer_xdist.pin_worker(config)), "infer_xdist")
+    xdist_loaded = config.pluginmanager.hasplugin("xdist")
+    config.pluginmanager.register(
+        infer_xdist.XdistHooks(infer_xdist.pin_worker(config), group=xdist_loaded), "infer_xdist"
+    )
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     session = InferSession.from_pytest_config(config)  # raises pytest.UsageError on bad values

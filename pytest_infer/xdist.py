@@ -199,14 +199,19 @@ def group_items(items: list[pytest.Item]) -> int:
 
 
 class XdistHooks:
-    """Registered by the plugin: the pinning line in the header, the grouping of multi-process tests."""
+    """Registered by the plugin: the pinning line in the header, the grouping of multi-process tests.
 
-    def __init__(self, line: str | None) -> None:
+    The ``xdist_group`` mark is added only where pytest-xdist is loaded (it registers that marker): without it
+    the mark would mean nothing, and under ``--strict-markers`` an unregistered mark stops the session."""
+
+    def __init__(self, line: str | None, group: bool) -> None:
         self.line = line
+        self.group = group
 
     def pytest_report_header(self) -> list[str] | None:
         return [self.line] if self.line else None
 
     @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        group_items(items)
+        if self.group:
+            group_items(items)

@@ -168,7 +168,7 @@ xdist.count_gpus = lambda: {gpus}  # this machine has none; the pinning logic is
 def pytest_configure(config):
     line = xdist.pin_worker(config)
     if not config.pluginmanager.has_plugin("infer_xdist"):  # the plugin may already register it
-        config.pluginmanager.register(xdist.XdistHooks(line), "infer_xdist_test")
+        config.pluginmanager.register(xdist.XdistHooks(line, group=True), "infer_xdist_test")
 """
 
 WORKER_TESTS = """
