@@ -8,23 +8,25 @@ PYTEST_DONT_REWRITE (the plugin reports through pytest.fail, not assert; this ke
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pytest_infer.core.version import __version__
 
 pytest_plugins = ["pytest_infer.plugin"]
 
 _EXPORTS = {
-    "Technique": "pytest_infer.technique",
-    "Tolerance": "pytest_infer.technique",
-    "Expectation": "pytest_infer.technique",
-    "Registry": "pytest_infer.technique",
-    "TechniqueError": "pytest_infer.technique",
-    "compose": "pytest_infer.technique",
-    "Requirements": "pytest_infer.stack",
-    "Stack": "pytest_infer.stack",
-    "detect_stack": "pytest_infer.stack",
+    "Technique": "pytest_infer.core.technique",
+    "Lazy": "pytest_infer.core.technique",
+    "Tolerance": "pytest_infer.core.tolerance",
+    "Expectation": "pytest_infer.core.expectation",
+    "ByStack": "pytest_infer.core.stack",
+    "Registry": "pytest_infer.core.registry",
+    "TechniqueError": "pytest_infer.core.errors",
+    "compose": "pytest_infer.core.registry",
+    "Requirements": "pytest_infer.core.requirements",
+    "Stack": "pytest_infer.core.stack",
+    "detect_stack": "pytest_infer.core.detect",
     "attention_function_technique": "pytest_infer.techniques.attention",
-    "LogitParityResult": "pytest_infer.parity",
-    "compare_logits": "pytest_infer.parity",
+    "LogitParityResult": "pytest_infer.parity.logits",
+    "compare_logits": "pytest_infer.parity.logits",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -14,11 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pytest_infer.core.detect import detect_stack
+from pytest_infer.options import OPTIONS
+from pytest_infer.reports.document import write_atomically
+from pytest_infer.reports.merge import ReportError, load_reports, merge_reports, merged_markdown
+from pytest_infer.reports.plot import PlotUnavailable, write_plot
+from pytest_infer.reports.terminal import catalogue_lines
+from pytest_infer.techniques import builtin_techniques
+
 SHOWN_DEFAULTS = {"model": "embedded tiny model", "cache_dir": "`~/.cache/pytest-infer`", "prompts": "bundled prompts"}
 
 
 def options_markdown() -> str:
-    from pytest_infer.config import OPTIONS
 
     lines = [
         "| command line | ini (`[tool.pytest.ini_options]`) | default | what it does |",
@@ -38,9 +45,6 @@ def options_markdown() -> str:
 
 def techniques_table() -> str:
     """The built-in catalogue for this machine (``--infer-list`` inside pytest adds the conftest's techniques)."""
-    from pytest_infer.report import catalogue_lines
-    from pytest_infer.stack import detect_stack
-    from pytest_infer.techniques import builtin_techniques
 
     stack = detect_stack("auto")
     rows = [f"built-in techniques on {stack.header_line().removeprefix('infer stack: ')} (float32):"]
@@ -52,9 +56,6 @@ def merge_command(reports: list[str], markdown: str | None, json_path: str | Non
     """``pytest-infer merge``: the stack x technique matrix of ``reports`` to Markdown and/or JSON (stdout:
     the Markdown when neither file is asked for)."""
     from pathlib import Path
-
-    from pytest_infer.merge import ReportError, load_reports, merge_reports, merged_markdown
-    from pytest_infer.report import write_atomically
 
     try:
         merged = merge_reports(load_reports(reports))
@@ -82,9 +83,6 @@ def merge_command(reports: list[str], markdown: str | None, json_path: str | Non
 def plot_command(report: str, output: str | None) -> int:
     """``pytest-infer plot``: the plot of a stored report, written to ``output`` (default: beside it, .png)."""
     from pathlib import Path
-
-    from pytest_infer.merge import ReportError, load_reports
-    from pytest_infer.plot import PlotUnavailable, write_plot
 
     target = output or str(Path(report).with_suffix(".png"))
     try:

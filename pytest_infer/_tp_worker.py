@@ -15,6 +15,7 @@ files, never parsed from output; a rank that raises leaves its traceback in ``ra
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import inspect
 import json
@@ -24,23 +25,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-SPEC = "spec.json"
-BATCH = "batch.pt"
-LAUNCHER_FAILURES = "launcher-failures.json"
-LAUNCHER_RC = "launcher.rc"
-LAUNCHER_ERROR = "launcher.error"
-
-
-def result_file(folder: Path, rank: int) -> Path:
-    return folder / f"rank{rank}.pt"
-
-
-def error_file(folder: Path, rank: int) -> Path:
-    return folder / f"rank{rank}.error"
-
-
-def phase_file(folder: Path, rank: int) -> Path:
-    return folder / f"rank{rank}.phase"
+from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.registry import Registry
+from pytest_infer.runtime.batch import Batch, forward_logits
+from pytest_infer.runtime.generation import greedy_generate
+from pytest_infer.runtime.launcher import (
+    BATCH,
+    LAUNCHER_ERROR,
+    LAUNCHER_FAILURES,
+    LAUNCHER_RC,
+    error_file,
+    phase_file,
+    result_file,
+)
+from pytest_infer.runtime.loading import ModelSource, load_model, load_tokenizer
+from pytest_infer.techniques import builtin_techniques
 
 
 def _write(path: Path, text: str) -> None:
@@ -104,9 +103,6 @@ def _compute(spec: dict[str, Any], folder: Path, rank: int, phase: Any) -> None:
     import torch
     import torch.distributed as dist
 
-    from pytest_infer.generation import greedy_generate
-    from pytest_infer.models import Batch, ModelSource, forward_logits, load_model, load_tokenizer
-
     phase("building the technique registry")
     technique = _technique(spec["technique"], spec["plugins"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -146,8 +142,6 @@ def _compute(spec: dict[str, Any], folder: Path, rank: int, phase: Any) -> None:
 def _technique(name: str, plugins: list[dict[str, str]]) -> Any:
     """The technique the session knows as ``name``: built-ins plus what each registering plugin adds
     (conftest files and plugin modules are imported here again, by name or from their file)."""
-    from pytest_infer.technique import Registry, TechniqueError
-    from pytest_infer.techniques import builtin_techniques
 
     registry = Registry(builtin_techniques())
     for plugin in plugins:
@@ -262,9 +256,6 @@ def _warm(spec: dict[str, Any]) -> None:
     import torch.distributed.tensor  # noqa: F401  (DTensor, used by the tensor-parallel plan)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    import pytest_infer.generation
-    import pytest_infer.models  # noqa: F401
-
     config = AutoConfig.from_pretrained(spec["model"], trust_remote_code=spec["trust_remote_code"])
     try:  # the model's own modeling module (transformers imports it lazily)
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -276,11 +267,9 @@ def _warm(spec: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--serve"]:
-        sys.exit("usage: python -m pytest_infer._tp_worker --serve (started by pytest_infer.distributed)")
+        sys.exit("usage: python -m pytest_infer._tp_worker --serve (started by pytest_infer.runtime.launcher)")
     # through the package module, so that the ranks unpickle pytest_infer._tp_worker.rank_main, not __main__'s
-    from pytest_infer import _tp_worker
-
-    code = _tp_worker.serve()
+    code = importlib.import_module("pytest_infer._tp_worker").serve()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip tearing torch down: seconds on a busy machine, and nothing is left to release

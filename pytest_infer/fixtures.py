@@ -1,21 +1,23 @@
 """The fixtures, thin: each hands out a piece of the session (config, stack, model, prompts, reference)
 or a check bound to the current test. The parametrized ones (``infer_case`` and one per family, e.g.
-``attention_technique``) are parametrized by the session's ``pytest_generate_tests``.
+``attention_technique``) are parametrized by :mod:`pytest_infer.collection`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from pytest_infer.checks import ParityChecks
+from pytest_infer.checks.batching import BatchingChecks
+from pytest_infer.checks.models import CaseModels
+from pytest_infer.checks.parity import ParityChecks
+from pytest_infer.checks.perf import PerfChecks
+from pytest_infer.core.config import InferConfig
+from pytest_infer.core.registry import Registry
+from pytest_infer.core.stack import Stack
+from pytest_infer.runtime.loading import load_tokenizer
 from pytest_infer.session import SESSION_KEY, InferSession
-
-if TYPE_CHECKING:
-    from pytest_infer.config import InferConfig
-    from pytest_infer.stack import Stack
-    from pytest_infer.technique import Registry
 
 
 def _session(request: pytest.FixtureRequest) -> InferSession:
@@ -36,7 +38,7 @@ def infer_config(infer_session: InferSession) -> InferConfig:
 
 @pytest.fixture(scope="session")
 def infer_stack(infer_session: InferSession) -> Stack:
-    """The :class:`~pytest_infer.stack.Stack` fingerprint of the first selected device."""
+    """The :class:`~pytest_infer.core.stack.Stack` fingerprint of the first selected device."""
     return infer_session.stack
 
 
@@ -55,23 +57,19 @@ def infer_prompts(infer_session: InferSession) -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def infer_tokenizer(infer_session: InferSession) -> Any:
     """The model's tokenizer, left padding."""
-    from pytest_infer.models import load_tokenizer
-
     return infer_session.cache.tensor(("tokenizer", infer_session.source), lambda: load_tokenizer(infer_session.source))
 
 
 @pytest.fixture(scope="session")
 def infer_model_loader(infer_session: InferSession, infer_tokenizer: Any, infer_prompts: tuple[str, ...]) -> Any:
     """``infer_model_loader(case)`` -> the model with the case's technique applied (from the session cache)."""
-    return ParityChecks(infer_session, None, infer_tokenizer, infer_prompts).model
+    return CaseModels(infer_session.check_context(None, infer_tokenizer, infer_prompts)).model
 
 
 @pytest.fixture
-def infer_perf(infer_parity: ParityChecks, request: pytest.FixtureRequest) -> Any:
+def infer_perf(infer_parity: ParityChecks) -> PerfChecks:
     """Speed/memory checks bound to this test: ``infer_perf.assert_decode(case, benchmark)``."""
-    from pytest_infer.perf import PerfChecks
-
-    return PerfChecks(infer_parity.session, request.node, infer_parity)
+    return PerfChecks(infer_parity)
 
 
 @pytest.fixture
@@ -83,4 +81,10 @@ def infer_parity(
     ``infer_parity.assert_logits(case)``, ``.assert_padding(case)``, ``.assert_generation(case)`` fail the
     test with the result's message; ``.logits(case)`` etc. return the result objects.
     """
-    return ParityChecks(infer_session, request.node, infer_tokenizer, infer_prompts)
+    return ParityChecks(infer_session.check_context(request.node, infer_tokenizer, infer_prompts))
+
+
+@pytest.fixture
+def infer_batching(infer_parity: ParityChecks) -> BatchingChecks:
+    """The continuous-batching checks bound to this test: ``infer_batching.assert_budget_parity(case)``."""
+    return BatchingChecks(infer_parity)

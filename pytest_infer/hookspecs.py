@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytest
 
-if TYPE_CHECKING:
-    from pytest_infer.technique import Registry, Technique, Tolerance
+from pytest_infer.core.registry import Registry
+from pytest_infer.core.technique import Technique
+from pytest_infer.core.tolerance import Tolerance
 
 
 def pytest_infer_register_techniques(registry: Registry) -> None:

@@ -12,6 +12,9 @@
   and ends the worker ``GRACE_S`` seconds later.
 - **State** between tests: the default dtype and the attention registrations a test body made (outside the
   selected techniques) are restored; the RNGs are seeded per test (``SEED``).
+- **Explained failures** (:class:`~pytest_infer.core.errors.ExplainedFailure`: a model that does not load, a
+  kernel that never ran) fail their test with the message alone, wherever they are raised (a check, a fixture,
+  a test body calling ``infer_model_loader``): the frames would be library internals.
 
 Nothing here imports torch at module level.
 """
@@ -28,6 +31,8 @@ from types import FrameType
 from typing import Any
 
 import pytest
+
+from pytest_infer.core.errors import ExplainedFailure
 
 SEED = 0
 GRACE_S = 30
@@ -50,6 +55,33 @@ def wants_isolation(args: list[str], inifile_value: str | None) -> bool:
 
 class _Timeout(Exception):
     pass
+
+
+class ExplainedFailures:
+    """An :class:`ExplainedFailure` raised in a test or a fixture fails it with its message, no traceback."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        except ExplainedFailure as exc:
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        except ExplainedFailure as exc:
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
+
+class NoBenchmark:
+    """Registered where pytest-benchmark is not loaded (``-p no:benchmark``): the perf suite's ``benchmark``
+    argument is then None, and the checks measure without it and note that nothing is stored or compared."""
+
+    @pytest.fixture
+    def benchmark(self) -> None:
+        return None
 
 
 class Guards:
@@ -138,23 +170,3 @@ def _restore_state(state: dict[str, Any], allowed: frozenset[str]) -> None:
     for mapping, before in zip(_attention_registries(), state["attention"], strict=False):
         for key in set(mapping) - before - allowed:
             del mapping[key]  # registered by the test body itself: not left for the next test
-
-
-def out_of_memory_message(exc: BaseException, device: str, freed_bytes: int | None) -> str:
-    """A readable OOM failure: what was asked for, what was free, and what was freed afterwards."""
-    import re
-
-    text = str(exc)
-    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
-    free = re.search(r"of which ([\d.]+ [KMGT]?i?B) (?:is )?free", text)
-    total = re.search(r"total capacity of ([\d.]+ [KMGT]?i?B)", text)
-    parts = [f"out of memory on {device}"]
-    if asked:
-        parts.append(f"requested {asked.group(1)}")
-    if free:
-        parts.append(f"available {free.group(1)}" + (f" of {total.group(1)}" if total else ""))
-    if not asked and not free:
-        parts.append(text.splitlines()[0][:300] if text else type(exc).__name__)
-    if freed_bytes is not None:
-        parts.append(f"freed {freed_bytes / 2**20:.1f} MiB before the next test (model dropped, cache emptied)")
-    return "; ".join(parts)

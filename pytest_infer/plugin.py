@@ -1,32 +1,33 @@
-"""Wiring only: options and their ini twins, markers, hooks, the session object, collection of suites.
+"""Wiring only: options and their ini twins, markers, hooks, and the objects that implement them (the session, the
+collection, the guards, the xdist and pytest-benchmark glue, the fixtures).
 
-Loading this module imports neither torch nor transformers; the session object imports them when a
-fixture or a bundled suite first needs them.
+Loading this module imports neither torch nor transformers; they load when a fixture or a suite first needs them.
 
 PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from _pytest.main import wrap_session  # what pytest's own --fixtures uses
 
-from pytest_infer import config as infer_config
+from pytest_infer import fixtures, hookspecs
+from pytest_infer import xdist as infer_xdist
+from pytest_infer.bench import BenchmarkHooks, PerfSummary, stack_storage
+from pytest_infer.collection import Collection
+from pytest_infer.core.tolerance import Tolerance
+from pytest_infer.isolation import ExplainedFailures, Guards, NoBenchmark, isolate_args, wants_isolation
+from pytest_infer.markers import MARKERS
+from pytest_infer.options import OPTIONS
+from pytest_infer.parity.logits import LogitParityResult
+from pytest_infer.progress import Progress
 from pytest_infer.session import SESSION_KEY, InferSession
-
-MARKERS = (
-    "infer_tolerance(**bounds): override logit-parity bounds for this test "
-    "(max_abs, mean_abs, max_kl, mean_kl, min_cosine, min_top1, tie_margin, min_greedy)",
-    "infer_techniques(*names): run this test only for these techniques, families or stacks",
-    "infer_unsupported(reason): set by pytest-infer under --infer-strict on cases this stack cannot run",
-    "infer_not_selected: set by pytest-infer on a family test none of whose techniques is selected (deselected)",
-    "infer_speedup(min=X, stack=None): the decode speedup over the baseline this technique must show (perf suite)",
-    "infer_memory(max=X, stack=None, metric='weight_memory_ratio'): the memory ratio it must stay under (perf suite)",
-)
+from pytest_infer.xdist_results import XdistResults
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from pytest_infer import hookspecs
-
     pluginmanager.add_hookspecs(hookspecs)
 
 
@@ -36,7 +37,7 @@ def _h(text: str) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("infer", "pytest-infer: parity, speed and memory of Transformers inference techniques")
-    for opt in infer_config.OPTIONS:
+    for opt in OPTIONS:
         if opt.kind == "bool":
             group.addoption(opt.flag, action="store_true", default=None, dest="infer_" + opt.name, help=_h(opt.help))
         elif opt.kind == "list":
@@ -54,8 +55,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from pytest_infer import xdist as infer_xdist
-
     # first: CUDA_VISIBLE_DEVICES must be set before anything initializes CUDA in this xdist worker
     xdist_loaded = config.pluginmanager.hasplugin("xdist")
     config.pluginmanager.register(
@@ -65,26 +64,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     session = InferSession.from_pytest_config(config)  # raises pytest.UsageError on bad values
     config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(session, "infer_session")
-    from pytest_infer.xdist_results import XdistResults
-
-    config.pluginmanager.register(XdistResults(session.record), "infer_xdist_results")
-    from pytest_infer import fixtures
-
-    config.pluginmanager.register(fixtures, "infer_fixtures")
+    manager = config.pluginmanager
+    manager.register(session, "infer_session")
+    collection = Collection(session)
+    collection.add_suites()
+    manager.register(collection, "infer_collection")
+    manager.register(XdistResults(session.record), "infer_xdist_results")
+    manager.register(fixtures, "infer_fixtures")
+    manager.register(ExplainedFailures(), "infer_explained_failures")
+    manager.register(PerfSummary(session), "infer_perf_summary")
     _register_guards(config, session)
-    if config.pluginmanager.hasplugin("benchmark") and ("perf" in session.config.suites or session.config.compare_fail):
-        from pytest_infer.bench import BenchmarkHooks, stack_storage
-
-        session.benchmark_hooks = BenchmarkHooks(session)
-        config.pluginmanager.register(session.benchmark_hooks, "infer_benchmark")
+    if not manager.hasplugin("benchmark"):
+        manager.register(NoBenchmark(), "infer_no_benchmark")  # the perf tests' `benchmark` is then None
+    elif "perf" in session.config.suites or session.config.compare_fail:
+        hooks = BenchmarkHooks(session)
+        session.stored_runs = hooks
+        manager.register(hooks, "infer_benchmark")
         stack_storage(session, config)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The progress lines (``--infer-progress``): set up once pytest's terminal reporter exists."""
-    from pytest_infer.progress import Progress
-
     infer = session.config.stash.get(SESSION_KEY, None)
     if infer is None:
         return
@@ -95,10 +95,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     """``--infer-isolate``: run in a pytest-xdist worker (``-n 1`` unless ``-n`` is given), before xdist reads it."""
-    import os
-
-    from pytest_infer.isolation import isolate_args, wants_isolation
-
     if os.environ.get("PYTEST_XDIST_WORKER") or not early_config.pluginmanager.hasplugin("xdist"):
         return  # a worker already is one; without xdist, the session explains what to install
     try:
@@ -110,8 +106,6 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def _register_guards(config: pytest.Config, session: InferSession) -> None:
-    from pytest_infer.isolation import Guards
-
     cfg = session.config
     if cfg.isolate and not config.pluginmanager.hasplugin("xdist"):
         raise pytest.UsageError("--infer-isolate runs tests in a pytest-xdist worker: pip install pytest-xdist")
@@ -123,8 +117,6 @@ def _register_guards(config: pytest.Config, session: InferSession) -> None:
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("infer_list", None) or str(config.getini("infer_list")).lower() in ("1", "true", "yes"):
-        from _pytest.main import wrap_session  # what pytest's own --fixtures uses
-
         return int(wrap_session(config, _show_catalogue))
     return None
 
@@ -145,9 +137,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
     """``assert result <= tolerance`` explains itself with the metrics table."""
-    from pytest_infer.parity import LogitParityResult
-    from pytest_infer.technique import Tolerance
-
     if op == "<=" and isinstance(left, LogitParityResult) and isinstance(right, Tolerance):
         trial = left.with_tolerance(right)
         return [f"logit parity of {left.technique} does not stay within the tolerance:", *trial.message().splitlines()]

@@ -29,6 +29,11 @@ from typing import Any
 
 import pytest
 
+from pytest_infer import options
+from pytest_infer.core.case import Case
+from pytest_infer.core.errors import ConfigError
+from pytest_infer.session import explicitly_loaded
+
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 PINNED = "PYTEST_INFER_PINNED"  # "gw1=2,3": what we set, so a second call (or a nested session) knows
 GROUP = "pytest-infer-ranks"
@@ -97,9 +102,8 @@ def count_gpus() -> int:
 
 
 def _gpus_per_worker(config: pytest.Config) -> int:
-    from pytest_infer import config as infer_config
 
-    opt = infer_config.OPTION_BY_NAME["gpus_per_worker"]
+    opt = options.OPTION_BY_NAME["gpus_per_worker"]
     raw = config.getoption("infer_gpus_per_worker", None)
     source = "cli"
     if raw is None or raw == "":
@@ -107,8 +111,8 @@ def _gpus_per_worker(config: pytest.Config) -> int:
     if raw is None or raw == "":
         return int(opt.default)
     try:
-        return int(infer_config._coerce(opt, raw, source))
-    except infer_config.ConfigError as exc:
+        return int(options.coerce(opt, raw, source))
+    except ConfigError as exc:
         raise pytest.UsageError(f"pytest-infer: {exc}") from None
 
 
@@ -130,12 +134,10 @@ def _worker(config: pytest.Config) -> tuple[str | None, int]:
 def _active(config: pytest.Config) -> bool:
     """Whether pytest-infer was asked for (``-p pytest_infer`` or any ``--infer-*`` / ``infer_*`` option), as
     the session decides: installed but unused, the plugin must not touch another project's GPUs."""
-    from pytest_infer import config as infer_config
-    from pytest_infer.session import _explicitly_loaded
 
-    if _explicitly_loaded(config):
+    if explicitly_loaded(config):
         return True
-    for opt in infer_config.OPTIONS:
+    for opt in options.OPTIONS:
         if config.getoption("infer_" + opt.name, None) not in (None, "", []):
             return True
         if config.getini(opt.ini) not in (None, "", []):
@@ -185,7 +187,6 @@ def pin_worker(config: pytest.Config) -> str | None:
 
 def group_items(items: list[pytest.Item]) -> int:
     """Mark the tests of multi-process techniques ``xdist_group(GROUP)``; returns how many."""
-    from pytest_infer.session import Case
 
     marked = 0
     for item in items:

@@ -70,7 +70,7 @@ fi
 
 if has perf700; then
   # a 0.7 B random-weight Llama: real weight bytes and decode speed against sdpa + dynamic cache
-  MODEL=$(PYTHONPATH="${BACKENDS}$PWD" $PY -m pytest_infer.architectures llama-700m /tmp/infer-models 2>>"$LOG" | tail -1)
+  MODEL=$(PYTHONPATH="${BACKENDS}$PWD" $PY -m pytest_infer.runtime.architectures llama-700m /tmp/infer-models 2>>"$LOG" | tail -1)
   say "built $MODEL"
   suite perf700 "$BACKENDS" "${GPU_CHECK_PERF_LIMIT:-240}" --infer-model "$MODEL" --infer-suite parity,perf --infer-dtype bfloat16 \
     --infer-baseline sdpa --infer-perf-new-tokens 32 --infer-perf-rounds 3 -k "weight_storage or decode_speed" \

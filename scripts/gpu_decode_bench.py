@@ -46,7 +46,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pytest_infer.measure import Timer  # CUDA events after a synchronize; perf_counter_ns elsewhere
+    from pytest_infer.perf.timing import Timer
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)

@@ -17,8 +17,7 @@ import torch  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from pytest_infer.config import embedded_model_path  # noqa: E402
-from pytest_infer.resources import default_prompts_file  # noqa: E402
+from pytest_infer.core.resources import default_prompts_file, embedded_model_path  # noqa: E402
 
 PATH = str(embedded_model_path())
 BACKENDS = {

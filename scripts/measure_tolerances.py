@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from pytest_infer.config import embedded_model_path
-from pytest_infer.models import ModelSource, encode, forward_logits, load_model, load_tokenizer
-from pytest_infer.parity import compare_logits
-from pytest_infer.resources import default_prompts_file
-from pytest_infer.technique import Registry, Tolerance
+from pytest_infer.core.registry import Registry
+from pytest_infer.core.resources import default_prompts_file, embedded_model_path
+from pytest_infer.core.tolerance import Tolerance
+from pytest_infer.parity.logits import compare_logits
+from pytest_infer.runtime.batch import encode, forward_logits
+from pytest_infer.runtime.loading import ModelSource, load_model, load_tokenizer
 from pytest_infer.techniques import builtin_techniques
 
 
@@ -39,7 +40,7 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         for name in args.techniques.split(","):
             t = reg.get(name)
-            if t.skip_reason(__import__("pytest_infer.stack", fromlist=["x"]).detect_stack(args.device), dtype):
+            if t.skip_reason(__import__("pytest_infer.core.detect", fromlist=["x"]).detect_stack(args.device), dtype):
                 continue
             logits = forward_logits(load_model(src, t, dtype, args.device), batch, t)
             r = compare_logits(

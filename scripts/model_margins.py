@@ -10,7 +10,7 @@ import argparse
 import json
 import statistics
 
-from pytest_infer.resources import default_prompts_file, fixtures_dir
+from pytest_infer.core.resources import default_prompts_file, fixtures_dir
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ import time
 import torch
 
 from pytest_infer import Technique
-from pytest_infer.measure import weight_bytes
+from pytest_infer.runtime.memory import weight_bytes
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Validate the plugin's timer against a hand-written CUDA-event loop on the same model and call.
 
-The plugin times a decode as :class:`pytest_infer.measure.Timer` does in the perf suite (device synchronised
-around the region, CUDA events on cuda), through :func:`pytest_infer.generation.greedy_generate`. The
+The plugin times a decode as :class:`pytest_infer.perf.timing.Timer` does in the perf suite (device synchronised
+around the region, CUDA events on cuda), through :func:`pytest_infer.runtime.generation.greedy_generate`. The
 hand-written loop calls ``model.generate`` directly between two ``torch.cuda.Event`` records. Both run the
 same greedy decode of ``--new-tokens`` tokens, interleaved round by round; the medians must agree within
 3 % and each side's coefficient of variation must stay at or under 2 % over ``--rounds`` rounds.
@@ -35,11 +35,13 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from pytest_infer import architectures
-    from pytest_infer.config import embedded_model_path
-    from pytest_infer.generation import greedy_generate, never_token
-    from pytest_infer.measure import Timer
-    from pytest_infer.models import encode, load_tokenizer
-    from pytest_infer.technique import Technique
+    from pytest_infer.core.resources import embedded_model_path
+    from pytest_infer.core.technique import Technique
+    from pytest_infer.perf.timing import Timer
+    from pytest_infer.runtime.batch import encode
+    from pytest_infer.runtime.generated import never_token
+    from pytest_infer.runtime.generation import greedy_generate
+    from pytest_infer.runtime.loading import load_tokenizer
 
     tok_path = embedded_model_path()
     model_path = tok_path if args.tiny else Path(architectures.build("llama-700m", Path(tempfile.gettempdir())))
@@ -47,10 +49,10 @@ def main() -> int:
         model_path, dtype=getattr(torch, args.dtype), attn_implementation="sdpa"
     ).to(args.device)
     model.eval()
-    from pytest_infer.models import ModelSource
+    from pytest_infer.runtime.loading import ModelSource
 
     tokenizer = load_tokenizer(ModelSource(str(tok_path), False, False))
-    from pytest_infer.resources import default_prompts_file
+    from pytest_infer.core.resources import default_prompts_file
 
     prompts = [line for line in default_prompts_file().read_text(encoding="utf-8").splitlines() if line][:4]
     batch = encode(tokenizer, prompts, args.device)

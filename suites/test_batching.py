@@ -3,19 +3,12 @@
 Every request is compared token by token with the reference's per-prompt greedy ``generate``, on the prompt set
 grown past one batch's token budget (several forwards, long prompts prefilled in chunks), under an explicit KV
 budget; every run also fails on a missing request, another attention than the one requested, a forward over the
-budget or an attention implementation left switched (:mod:`pytest_infer.batching`).
+budget or an attention implementation left switched (:mod:`pytest_infer.checks.batching`); ``infer_batching`` is the plugin's fixture.
 """
 
 from __future__ import annotations
 
 import pytest
-
-from pytest_infer.batching import BatchingChecks, manager_unsupported
-
-
-@pytest.fixture
-def infer_batching(infer_parity):
-    return BatchingChecks(infer_parity)
 
 
 def _batching_only(case) -> None:
@@ -36,10 +29,8 @@ def test_repeated_generate_batch(batching_technique, infer_batching):
     infer_batching.assert_repeat_calls(batching_technique)
 
 
-def test_manager_api(batching_technique, infer_batching, infer_model_loader):
-    """The long-lived manager: init_continuous_batching, requests added while it runs, results collected, stop."""
+def test_manager_api(batching_technique, infer_batching):
+    """The long-lived manager: init_continuous_batching, requests added while it runs, results collected, stop
+    (skipped with the reason where this Transformers has no manager API for the model)."""
     _batching_only(batching_technique)
-    reason = manager_unsupported(infer_model_loader(batching_technique))
-    if reason:
-        pytest.skip(reason)
     infer_batching.assert_manager_api(batching_technique)

@@ -7,25 +7,16 @@
 Each scenario times a first call alone (compilation), then a second call that sizes the samples under the
 memory probes, then ``--infer-perf-rounds`` paired rounds against the baseline (short calls repeated within a
 sample), the candidate's driven by pytest-benchmark in pedantic mode, so they are its rounds too
-(docs/performance.md). Without pytest-benchmark (``-p no:benchmark``, or xdist, where it disables
-itself) the tests still measure and decide, and say that storage and comparison are off.
+(docs/performance.md). Without pytest-benchmark (``-p no:benchmark``: the plugin then provides a
+``benchmark`` fixture that is None; or xdist, where it disables itself) the tests still measure and decide, and say
+that storage and comparison are off.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_infer.perf import PREFILL_LENGTHS
-from pytest_infer.session import active_session
-
-_session = active_session()
-if _session is None or not _session.pytest_config.pluginmanager.hasplugin("benchmark"):
-
-    @pytest.fixture
-    def benchmark():
-        """Stands in for pytest-benchmark's fixture where it is not loaded (``-p no:benchmark``): the checks
-        measure without it and note that nothing is stored or compared."""
-        return None
+from pytest_infer.perf.scenarios import PREFILL_LENGTHS
 
 
 def test_model_load(infer_case, infer_perf, benchmark):

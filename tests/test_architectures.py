@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_infer import architectures
+from pytest_infer.runtime import architectures
 
 
 @pytest.mark.parametrize("name", architectures.available())
@@ -31,7 +31,7 @@ def test_suites_run_on_other_architectures(name: str, tmp_path_factory: pytest.T
 def test_sliding_window_config_is_what_it_says() -> None:
     import json
 
-    from pytest_infer.resources import fixtures_dir
+    from pytest_infer.core.resources import fixtures_dir
 
     spec = json.loads((fixtures_dir() / "configs" / "mistral-sliding-tiny.json").read_text())
     assert spec["sliding_window"] == 16

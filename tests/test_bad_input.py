@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_infer.config import embedded_model_path
+from pytest_infer.core.resources import embedded_model_path
 from pytest_infer.session import InferSession
 
 EMBEDDED = embedded_model_path()

@@ -11,26 +11,27 @@ from typing import Any
 
 import pytest
 
-from pytest_infer.batching import (
+from pytest_infer.checks.batching import budget_prompts
+from pytest_infer.core.resources import default_prompts_file, embedded_model_path
+from pytest_infer.core.stack import Stack
+from pytest_infer.core.technique import Technique
+from pytest_infer.parity.requests import BatchingResult, compare_requests
+from pytest_infer.perf.throughput import measure_throughput
+from pytest_infer.runtime.batch import encode
+from pytest_infer.runtime.continuous_batching import (
     CB_BUDGET,
     BatchingError,
-    BatchingResult,
     BatchRun,
     Forward,
-    budget_prompts,
-    compare_requests,
+    cb_config,
     dispatched_attention,
-    measure_throughput,
     plain_attention,
     require_explicit_budget,
     run_generate_batch,
 )
-from pytest_infer.config import embedded_model_path
-from pytest_infer.generation import Generated, cb_config, greedy_generate
-from pytest_infer.models import ModelSource, encode, load_model, load_tokenizer
-from pytest_infer.resources import default_prompts_file
-from pytest_infer.stack import Stack
-from pytest_infer.technique import Technique
+from pytest_infer.runtime.generated import Generated
+from pytest_infer.runtime.generation import greedy_generate
+from pytest_infer.runtime.loading import ModelSource, load_model, load_tokenizer
 from pytest_infer.techniques.batching import paged_technique
 
 PAGED_EAGER = paged_technique("paged|eager", "test")

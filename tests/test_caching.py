@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_infer import architectures
-from pytest_infer.cache_checks import CacheSpec, cache_problems, expected_cache
+from pytest_infer.checks.caching import cache_problems
+from pytest_infer.runtime import architectures
+from pytest_infer.runtime.kv_cache import CacheSpec, expected_cache
 
 
 def test_requested_cache_from_generate_arguments() -> None:

@@ -158,21 +158,18 @@ def test_a_raising_technique_drops_its_model_and_resets_compile_caches_only_if_c
     """A compiled technique's failure may leave half-built compiled state: torch.compile's caches are reset. Any
     other failure (the flex_attention CPU defect) drops only its model: a reset would make every compiled model
     after it recompile."""
-    from types import SimpleNamespace
-
     import torch._dynamo
 
     from pytest_infer import Technique
-    from pytest_infer.checks import ParityChecks
-    from pytest_infer.models import ModelCache
-    from pytest_infer.session import Case
+    from pytest_infer.checks.verdict import guard
+    from pytest_infer.core.case import Case
+    from pytest_infer.runtime.model_cache import ModelCache
 
     resets: list[bool] = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
-    session = SimpleNamespace(source="src", cache=ModelCache(max_models=2))
-    parity = ParityChecks(session, None, tokenizer=None, prompts=())  # type: ignore[arg-type]
+    cache = ModelCache(max_models=2)
     case = Case(Technique(name="t", family="custom", compiled=compiled), "cpu", "float32")
-    session.cache.model(parity._key(case), lambda: "model")
-    with pytest.raises(RuntimeError, match="boom"), parity._guard(case):
+    cache.model("key", lambda: "model")
+    with pytest.raises(RuntimeError, match="boom"), guard(cache, case, "key"):
         raise RuntimeError("boom")
-    assert len(session.cache) == 0 and resets == ([True] if compiled else [])
+    assert len(cache) == 0 and resets == ([True] if compiled else [])

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_infer import session as session_module
-from pytest_infer.kernels_support import (
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.stack import Stack
+from pytest_infer.techniques.kernels.support import (
     HubRef,
     cached_snapshot,
     fixture_repository,
@@ -22,7 +23,6 @@ from pytest_infer.kernels_support import (
     repository_digest,
     transformers_kernels_range,
 )
-from pytest_infer.stack import Stack
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER = "89abcdef0123456789abcdef0123456789abcdef"
@@ -61,21 +61,19 @@ def test_drift_range_is_read_from_the_installed_source_without_importing(monkeyp
     assert transformers_kernels_range.__wrapped__() == (iu.KERNELS_MIN_VERSION, iu.KERNELS_MAX_VERSION)
 
 
-def test_pins_are_commits_and_unpinned_refs_are_refused_only_under_strict(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytest_infer.kernels_support as ks
-
+def test_pins_are_commits_and_unpinned_refs_are_refused_only_under_strict() -> None:
     assert HubRef("org/k", revision=COMMIT).pinned
     assert not HubRef("org/k", revision="main").pinned
     assert not HubRef("org/k", version=3).pinned
     with pytest.raises(ValueError, match="exactly one of revision= or version="):
         HubRef("org/k")
     check = pin_check(HubRef("org/k", version=3))
-    monkeypatch.setattr(ks, "strict_mode", lambda: False)
-    assert check(_stack()) is None  # allowed (with a warning when loaded)
-    monkeypatch.setattr(ks, "strict_mode", lambda: True)
-    assert check(_stack()).startswith("hub kernel org/k@v3 is not pinned: 'v3' is a version branch that moves")
-    assert "revision='<40-hex commit>'" in check(_stack())
-    assert pin_check(HubRef("org/k", revision=COMMIT))(_stack()) is None
+    needs = Requirements(strict=(check,))
+    assert needs.check(_stack()) is None  # allowed (with a warning when loaded)
+    reason = needs.check(_stack(), strict=True)
+    assert reason is not None and reason.startswith("hub kernel org/k@v3 is not pinned: 'v3' is a version branch")
+    assert "revision='<40-hex commit>'" in reason
+    assert Requirements(strict=(pin_check(HubRef("org/k", revision=COMMIT)),)).check(_stack(), strict=True) is None
 
 
 def _fake_hub_cache(root: Path, repo_id: str, commit: str, ref: str | None = None, kernel_id: str = "_hub") -> Path:
@@ -146,7 +144,7 @@ def test_bundled_repository_is_tiny_loadable_and_tracked(tmp_path: Path) -> None
 
 PROVENANCE = """
 import pytest
-from pytest_infer.kernels_support import fixture_repository, provenance_lines, repository_digest
+from pytest_infer.techniques.kernels.support import fixture_repository, provenance_lines, repository_digest
 
 
 @pytest.mark.infer_techniques("kernels_local_rmsnorm", "kernels_local_attention")
@@ -164,7 +162,7 @@ def test_provenance(infer_case, infer_model_loader):
 
 
 def test_local_kernels_pass_parity_padding_and_generation(pytester: pytest.Pytester, run_infer) -> None:
-    from pytest_infer.stack import detect_stack
+    from pytest_infer.core.detect import detect_stack
 
     pytester.makepyfile(test_kernel_provenance=PROVENANCE)
     result = run_infer(
@@ -197,7 +195,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from pytest_infer import Technique
-from pytest_infer.kernels_support import fixture_repository
+from pytest_infer.techniques.kernels.support import fixture_repository
 from pytest_infer.techniques.kernels import local_attention_technique, local_layer_technique
 
 HERE = Path(__file__).parent
@@ -403,10 +401,6 @@ def test_hub_kernels_load_from_the_cache_and_unpinned_ones_warn(hub_cache: Path,
     assert "UnpinnedKernelWarning: hub_pinned" not in result.stdout.str()
 
 
-@pytest.mark.skipif(
-    not hasattr(session_module, "active_session"),
-    reason="needs pytest_infer.session.active_session() (the session change proposed with the kernels family)",
-)
 def test_unpinned_hub_kernel_is_refused_under_strict(hub_cache: Path, run_infer) -> None:
     result = run_infer(
         "--infer-suite", "parity", "--infer-technique", "hub_pinned,hub_unpinned", "--infer-strict", "-k", "logit_parity"
@@ -420,10 +414,6 @@ def test_unpinned_hub_kernel_is_refused_under_strict(hub_cache: Path, run_infer)
     )
 
 
-@pytest.mark.skipif(
-    not hasattr(__import__("pytest_infer.checks").checks.ParityChecks, "_provenance"),
-    reason="needs ParityChecks._provenance (the checks change proposed with the kernels family)",
-)
 def test_provenance_reaches_the_report_and_the_report_section(pytester: pytest.Pytester, run_infer) -> None:
     result = run_infer(
         "--infer-suite", "parity", "--infer-technique", "kernels_local_rmsnorm", "-k", "logit_parity",
@@ -456,7 +446,7 @@ def test_transformers_local_kernel_config_defect(monkeypatch: pytest.MonkeyPatch
     from transformers.integrations import hub_kernels
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from pytest_infer.resources import fixtures_dir
+    from pytest_infer.core.resources import fixtures_dir
 
     monkeypatch.setattr(hub_kernels, "LocalLayerRepository", kernels.LocalLayerRepository)
     monkeypatch.setattr(kernel_config, "infer_device", lambda model: "cuda")  # KernelConfig refuses cpu

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_infer.measure import Timer, calls_for, loop_driver, paired_rounds, sample_calls
+from pytest_infer.perf.timing import Timer, calls_for, loop_driver, paired_rounds, sample_calls
 
 
 def test_calls_for_the_nearest_whole_number_of_calls() -> None:

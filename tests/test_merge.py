@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pytest_infer.__main__ import main
-from pytest_infer.merge import case_summaries, merge_reports, merged_markdown
-from pytest_infer.report import SCHEMA_VERSION, report_document
-from pytest_infer.stack import Stack
+from pytest_infer.core.stack import Stack
+from pytest_infer.reports.document import SCHEMA_VERSION, report_document
+from pytest_infer.reports.merge import case_summaries, merge_reports, merged_markdown
 
 H100 = Stack(
     device_kind="cuda",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_infer.config import embedded_model_path
-from pytest_infer.models import ModelCache, ModelLoadError, ModelSource, load_model
-from pytest_infer.technique import Technique
+from pytest_infer.core.resources import embedded_model_path
+from pytest_infer.core.technique import Technique
+from pytest_infer.runtime.loading import ModelLoadError, ModelSource, load_model
+from pytest_infer.runtime.model_cache import ModelCache
 from pytest_infer.techniques.attention import builtin
 
 
@@ -64,7 +65,7 @@ def test_auto_cache_keeps_models_while_they_fit_the_budget_and_always_two() -> N
 
 
 def test_auto_budget_is_a_quarter_of_host_memory_for_cpu_models() -> None:
-    from pytest_infer.models import memory_of
+    from pytest_infer.runtime.model_cache import memory_of
 
     cache = ModelCache(max_models=0)
     cache.model("a", lambda: Weights(10))
@@ -95,7 +96,8 @@ def test_silent_attention_fallback_is_caught() -> None:
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path) -> None:
-    from pytest_infer.config import ConfigError, validate_model
+    from pytest_infer.core.errors import ConfigError
+    from pytest_infer.runtime.checkpoint import validate_model
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"")

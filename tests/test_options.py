@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pytest_infer.config import OPTIONS
+from pytest_infer.options import OPTIONS
 
 SHOW_CONFIG = """
 import json

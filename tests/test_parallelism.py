@@ -18,6 +18,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from pytest_infer.core.resources import embedded_model_path
+from pytest_infer.runtime.loading import ModelSource
+
 _CACHE = os.environ.get("PYTEST_INFER_TEST_CACHE") or str(Path.home() / ".cache" / "pytest-infer")
 BASE = (sys.executable, "-m", "pytest", "-p", "pytest_infer", "-p", "no:cacheprovider", f"--infer-cache-dir={_CACHE}")
 TAG = "PYTEST_INFER_TEST_TAG"
@@ -30,7 +33,7 @@ import time
 import torch
 
 from pytest_infer import Technique
-from pytest_infer.technique import Lazy
+from pytest_infer.core.technique import Lazy
 from pytest_infer.techniques.parallelism import distributed_config
 
 TP = {"distributed_config": Lazy(distributed_config)}
@@ -271,8 +274,8 @@ def test_the_stray_check_sees_a_tagged_process() -> None:
 
 # --- without launching ---------------------------------------------------------------------------
 def test_head_counts_not_divisible_by_tp_size_are_named() -> None:
-    from pytest_infer.distributed import model_reason
-    from pytest_infer.resources import fixtures_dir
+    from pytest_infer.core.resources import fixtures_dir
+    from pytest_infer.runtime.launcher import model_reason
 
     tiny = str(fixtures_dir() / "tiny-llama")
     assert model_reason(tiny, False, 2) is None
@@ -282,7 +285,7 @@ def test_head_counts_not_divisible_by_tp_size_are_named() -> None:
 
 
 def test_model_without_a_tp_plan_is_named(tmp_path: Path) -> None:
-    from pytest_infer.distributed import model_reason
+    from pytest_infer.runtime.launcher import model_reason
 
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_head": 4, "n_embd": 64}')
     reason = model_reason(str(tmp_path), False, 2)
@@ -290,24 +293,17 @@ def test_model_without_a_tp_plan_is_named(tmp_path: Path) -> None:
 
 
 def test_cuda_needs_tp_size_devices() -> None:
-    from pytest_infer.distributed import _preflight
-    from pytest_infer.session import Case
-    from pytest_infer.stack import Stack
-    from pytest_infer.techniques.parallelism import builtin
+    from pytest_infer.runtime.launcher import preflight
 
-    tp = builtin()[0]
-    gpu = Stack(device_kind="cuda", device_name="one GPU", device_count=1)
-    session = SimpleNamespace(config=SimpleNamespace(tp_size=2), stack_for=lambda device: gpu)
-    assert _preflight(session, Case(tp, "cuda:0", "float32")) == "needs 2 GPUs, found 1"  # type: ignore[arg-type]
-    session.config.tp_size = 1
-    session.stack_for = lambda device: gpu
-    assert _preflight(session, Case(tp, "mps", "float32")) == (  # type: ignore[arg-type]
+    source = ModelSource(str(embedded_model_path()))
+    assert preflight(source, "cuda:0", 2, device_count=1) == "needs 2 GPUs, found 1"
+    assert preflight(source, "mps", 1, device_count=0) == (
         "tensor parallelism runs its ranks on cpu (gloo) or cuda (nccl), not mps"
     )
 
 
 def test_multi_node_settings_come_from_the_environment() -> None:
-    from pytest_infer.distributed import LaunchError, LaunchSettings
+    from pytest_infer.runtime.launcher import LaunchError, LaunchSettings
 
     one = LaunchSettings.from_env(2, {})
     assert (one.nnodes, one.nproc_per_node, one.rdzv_endpoint, one.rdzv_backend) == (1, 2, "localhost:0", "c10d")
@@ -333,7 +329,8 @@ class _Tokenizer:
 
 
 def test_rank_comparison_names_rank_request_and_step() -> None:
-    from pytest_infer.distributed import RankResults, compare_ranks
+    from pytest_infer.parity.ranks import compare_ranks
+    from pytest_infer.runtime.launcher import RankResults
 
     same = {16: [[1, 2, 3], [4, 5, 6]]}
     results = RankResults("tp", 3, 1.0, {0: None}, {}, {0: same, 1: same, 2: {16: [[1, 2, 3], [4, 9, 6]]}})

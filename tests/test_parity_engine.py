@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_infer.floor import FLOOR_MULTIPLE, NoiseFloor, floor_tolerance
-from pytest_infer.generation import Generated, compare_generations
-from pytest_infer.padding import PadPoint, padded_batch, parse_sweep
-from pytest_infer.stack import Stack
-from pytest_infer.technique import ByStack, Tolerance
+from pytest_infer.core.stack import ByStack, Stack
+from pytest_infer.core.tolerance import Tolerance
+from pytest_infer.parity.floor import FLOOR_MULTIPLE, NoiseFloor, floor_tolerance
+from pytest_infer.parity.generation import compare_generations
+from pytest_infer.parity.padding import PadPoint, padded_batch, parse_sweep
+from pytest_infer.runtime.generated import Generated
 
 
 class Tok:
@@ -112,9 +113,9 @@ def test_padding_sweep_parsing_and_batches() -> None:
 
 
 def test_localization_names_the_first_module_beyond_its_threshold() -> None:
-    from pytest_infer.localize import first_divergence
-    from pytest_infer.models import Batch
-    from pytest_infer.technique import Technique
+    from pytest_infer.core.technique import Technique
+    from pytest_infer.parity.localize import first_divergence
+    from pytest_infer.runtime.batch import Batch
 
     class Block(torch.nn.Module):
         def __init__(self) -> None:

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from pytest_infer.parity import compare_logits
-from pytest_infer.technique import Tolerance
+from pytest_infer.core.tolerance import Tolerance
+from pytest_infer.parity.logits import compare_logits
 
 STRICT = Tolerance(max_abs=1e-3, mean_abs=1e-4, max_kl=1e-6, min_cosine=0.9999, min_top1=1.0, tie_margin=0.01)
 

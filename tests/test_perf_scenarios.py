@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from pytest_infer.scenarios import FAMILY_SCENARIOS, SCENARIOS, TESTS, ScenarioError, prefill_lengths, validate, wanted
+from pytest_infer.perf.scenarios import (
+    FAMILY_SCENARIOS,
+    SCENARIOS,
+    TESTS,
+    ScenarioError,
+    prefill_lengths,
+    validate,
+    wanted,
+)
 
 
 def test_validate() -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from _scripts import load_script
 
-from pytest_infer.bench import parse_compare_fail, regressions
-from pytest_infer.measure import Paired, Timer, calls_per_sample, host_peak_rss
+from pytest_infer.perf.gate import parse_compare_fail, regressions
+from pytest_infer.perf.stats import Paired
+from pytest_infer.perf.timing import Timer, calls_per_sample
+from pytest_infer.runtime.memory import host_peak_rss
 
 pytestmark = pytest.mark.timing  # measured time: run alone (README: -m "timing and not slow")
 
@@ -290,7 +292,7 @@ def test_short_calls_are_repeated_within_a_sample() -> None:
 def test_peak_host_rss_sees_an_allocation_freed_before_the_end(monkeypatch: pytest.MonkeyPatch, exact: bool) -> None:
     import torch
 
-    from pytest_infer import measure
+    from pytest_infer.runtime import memory as measure
 
     if not exact:  # as where Linux refuses the reset of the high-water mark: a thread samples /proc/self/statm
         monkeypatch.setattr(measure, "_HWM_RESET", [False])

@@ -203,7 +203,7 @@ import torch
 
 from pytest_infer import Technique
 from pytest_infer.techniques.compilation import max_cache_len
-from pytest_infer.technique import Lazy
+from pytest_infer.core.technique import Lazy
 
 
 def compile_static_shapes(model):

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pytest_infer.__main__ import main
-from pytest_infer.plot import HEIGHT_PX, PARITY_STYLE, WIDTH_PX, plot_points, write_plot
-from pytest_infer.report import report_document
+from pytest_infer.reports.document import report_document
+from pytest_infer.reports.plot import HEIGHT_PX, PARITY_STYLE, WIDTH_PX, plot_points, write_plot
 
 # A technique that is as fast as sdpa but wrong: layer 2's output scaled by 1.05 (parity must fail).
 SKEWED = """

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_infer import architectures
-from pytest_infer.known_issues import known_issue
-from pytest_infer.stack import Stack, cpu_flags
-from pytest_infer.storage import StorageResult
-from pytest_infer.technique import Expectation
+from pytest_infer.core.detect import cpu_flags
+from pytest_infer.core.expectation import Expectation
+from pytest_infer.core.known_issues import known_issue
+from pytest_infer.core.stack import Stack
+from pytest_infer.perf.weights import WeightStorageResult
+from pytest_infer.runtime import architectures
 from pytest_infer.techniques.quantization import transformers_supports_hqq_weights
 
 AVX512_BF16 = "avx512_bf16" in cpu_flags()
@@ -64,7 +65,7 @@ def test_hqq_gate_reads_the_installed_transformers() -> None:
 
 
 def test_storage_result_says_what_get_memory_footprint_hides() -> None:
-    r = StorageResult(
+    r = WeightStorageResult(
         technique="torchao_int8_weight_only",
         baseline="eager",
         device="cpu",
@@ -89,7 +90,7 @@ import torch
 from transformers import BitsAndBytesConfig
 
 from pytest_infer import Technique
-from pytest_infer.technique import Lazy
+from pytest_infer.core.technique import Lazy
 
 
 def zero_layer(model):

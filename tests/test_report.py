@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pytest_infer.report import SCHEMA_VERSION, write_atomically
+from pytest_infer.reports.document import SCHEMA_VERSION, write_atomically
 
 
 def test_report_content_matches_the_documented_schema(pytester: pytest.Pytester, run_infer) -> None:
@@ -109,7 +109,7 @@ def _results(device: str = "cpu", dtype: str = "float32") -> list[dict[str, obje
 
 
 def test_one_device_and_dtype_go_to_the_title_and_the_matrix_fits_100_columns() -> None:
-    from pytest_infer.report import summary_lines, terminal_summary
+    from pytest_infer.reports.terminal import summary_lines, terminal_summary
 
     title, lines = terminal_summary(_results())
     assert title == "pytest-infer: technique x check (cpu, float32)"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_infer.config import embedded_model_path
+from pytest_infer.core.resources import embedded_model_path
 
 EMBEDDED = embedded_model_path()
 PARITY = ("--infer-suite", "parity", "--infer-technique", "sdpa", "-k", "logit_parity")
@@ -217,7 +217,8 @@ def test_a_hostile_folder_loads_only_the_built_in_code_and_safetensors(guarded: 
 def test_allow_pickle_still_refuses_arbitrary_objects(tmp_path: Path) -> None:
     """--infer-allow-pickle admits tensors, not code: Transformers unpickles with weights_only=True, and
     the failure says so (called in process: the session path is the one above)."""
-    from pytest_infer.models import ModelLoadError, ModelSource, load_model
+    from pytest_infer.core.errors import ExplainedFailure
+    from pytest_infer.runtime.loading import ModelLoadError, ModelSource, load_model
     from pytest_infer.techniques import builtin_techniques
 
     probe = tmp_path / "probe"
@@ -229,7 +230,7 @@ def test_allow_pickle_still_refuses_arbitrary_objects(tmp_path: Path) -> None:
     eager = next(t for t in builtin_techniques() if t.name == "eager")
     with pytest.raises(ModelLoadError) as failed:
         load_model(ModelSource(str(folder), allow_pickle=True), eager, "float32", "cpu")
-    assert not failed.value.pytrace  # reported as its message, without a traceback
+    assert isinstance(failed.value, ExplainedFailure)  # reported as its message, without a traceback
     text = str(failed.value)
     assert text.startswith("loading ckpt with eager (float32) failed: UnpicklingError: Weights only load failed.")
     assert text.endswith(
@@ -373,7 +374,7 @@ def test_the_secret_scan_finds_a_planted_leak(tmp_path: Path, monkeypatch: pytes
     writes its report, is caught (in process: the writing path is the one the session uses)."""
     import os
 
-    from pytest_infer.report import report_document, write_atomically
+    from pytest_infer.reports.document import report_document, write_atomically
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)

@@ -1,4 +1,4 @@
-"""Unit tests for pytest_infer.stack (CPU only; GPU stacks are built by hand or faked)."""
+"""Unit tests for pytest_infer.core.stack and core.detect (CPU only; GPU stacks are built by hand or faked)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from pytest_infer import stack as st
-from pytest_infer.stack import Requirements, Stack
+from pytest_infer.core import detect as st
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -393,5 +394,5 @@ def test_describe_and_to_dict() -> None:
 
 def test_import_does_not_import_torch() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = "import sys; import pytest_infer.stack; assert 'torch' not in sys.modules"
+    code = "import sys; import pytest_infer.core.stack, pytest_infer.core.detect; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

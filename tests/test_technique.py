@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_infer.stack import Requirements, Stack
-from pytest_infer.technique import (
-    Expectation,
-    Registry,
-    Technique,
-    TechniqueError,
-    Tolerance,
-    compose,
-    parse_tolerance_spec,
-    select_expectations,
-)
+from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.expectation import Expectation, select_expectations
+from pytest_infer.core.registry import Registry, compose
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.stack import Stack
+from pytest_infer.core.technique import Technique
+from pytest_infer.core.tolerance import Tolerance, parse_tolerance_spec
 from pytest_infer.techniques import builtin_techniques
 
 

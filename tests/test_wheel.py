@@ -34,7 +34,9 @@ def test_repository_test_still_runs():
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
     return done
 
 
@@ -72,12 +74,14 @@ def test_wheel_without_extras_runs_the_parity_suite_under_a_strict_ini(tmp_path:
     assert "INTERNALERROR" not in out
     # the suites ran from the installed wheel, not from this checkout
     assert str(ROOT) not in out
-    assert "test_parity.py::" in _run(
-        [str(venv / "bin" / "pytest"), "-p", "pytest_infer", "--infer-suite", "parity", "--collect-only", "-q"],
-        repo,
-        env,
-        300,
-    ).stdout
+    assert (
+        "test_parity.py::"
+        in _run(
+            [str(venv / "bin" / "pytest"), "-p", "pytest_infer", "--infer-suite", "parity", "--collect-only", "-q"],
+            repo,
+            env,
+            300,
+        ).stdout
+    )
     summary = out.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
-

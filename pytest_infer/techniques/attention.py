@@ -10,10 +10,10 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from pytest_infer.stack import Requirements, Stack
-from pytest_infer.technique import Technique
-
-HALF = ("float16", "bfloat16")
+from pytest_infer.core.dtypes import half_only, half_only_on
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.stack import Stack
+from pytest_infer.core.technique import Technique
 
 
 def _sdpa_backend(name: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
@@ -23,22 +23,6 @@ def _sdpa_backend(name: str) -> Callable[[], contextlib.AbstractContextManager[A
         return sdpa_kernel([getattr(SDPBackend, name)])
 
     return context
-
-
-def _half_only_on(kind: str, what: str) -> Callable[[str, str], str | None]:
-    def check(device_kind: str, dtype: str) -> str | None:
-        if device_kind == kind and dtype not in HALF:
-            return f"{what} runs float16/bfloat16 only on {kind}, not {dtype}"
-        return None
-
-    return check
-
-
-def _half_only(what: str) -> Callable[[str, str], str | None]:
-    def check(device_kind: str, dtype: str) -> str | None:
-        return None if dtype in HALF else f"{what} runs float16/bfloat16 only, not {dtype}"
-
-    return check
 
 
 def _cuda_capability(minimum: tuple[int, int], what: str) -> Callable[[Stack], str | None]:
@@ -84,7 +68,7 @@ def builtin() -> list[Technique]:
                 device_kinds=frozenset({"cpu", "cuda"}),
                 custom=(_cuda_capability((8, 0), "the SDPA flash backend"),),
             ),
-            dtype_check=_half_only_on("cuda", "the SDPA flash backend"),
+            dtype_check=half_only_on("cuda", "the SDPA flash backend"),
             padded_batches=False,
         ),
         _attn(
@@ -102,7 +86,7 @@ def builtin() -> list[Technique]:
             requirements=Requirements(
                 device_kinds=cuda_only, custom=(_cuda_capability((8, 0), "the SDPA cuDNN backend"),)
             ),
-            dtype_check=_half_only("the SDPA cuDNN backend"),
+            dtype_check=half_only("the SDPA cuDNN backend"),
             padded_batches=False,
         ),
         _attn(
@@ -120,7 +104,7 @@ def builtin() -> list[Technique]:
                 packages=(("flash-attn", ">=2.3.3"),),
                 custom=(_cuda_capability((8, 0), "flash_attention_2"),),
             ),
-            dtype_check=_half_only("flash_attention_2"),
+            dtype_check=half_only("flash_attention_2"),
         ),
         _attn(
             "flash_attention_3",
@@ -131,7 +115,7 @@ def builtin() -> list[Technique]:
                 packages=(("flash-attn-3", ""),),
                 custom=(_cuda_capability((9, 0), "flash_attention_3"),),
             ),
-            dtype_check=_half_only("flash_attention_3"),
+            dtype_check=half_only("flash_attention_3"),
         ),
         _attn(
             "flash_attention_4",
@@ -142,7 +126,7 @@ def builtin() -> list[Technique]:
                 packages=(("flash-attn-4", ""),),
                 custom=(_cuda_capability((9, 0), "flash_attention_4"),),
             ),
-            dtype_check=_half_only("flash_attention_4"),
+            dtype_check=half_only("flash_attention_4"),
         ),
     ]
 

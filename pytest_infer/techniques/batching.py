@@ -13,9 +13,10 @@ FutureWarning. Each technique is loaded under the name the installed version wan
 
 from __future__ import annotations
 
-from pytest_infer.stack import Requirements
-from pytest_infer.technique import Lazy, Technique
-from pytest_infer.techniques.attention import _half_only
+from pytest_infer.core.dtypes import half_only
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.technique import Lazy, Technique
+from pytest_infer.runtime.continuous_batching import spelled_attention
 
 # technique name -> (description, requirements, half precision only)
 _CUDA_FLASH = {
@@ -34,7 +35,6 @@ _CUDA_FLASH = {
 
 def _attention(name: str) -> Lazy:
     def spelled() -> str:
-        from pytest_infer.batching import spelled_attention
 
         return spelled_attention(name)
 
@@ -66,5 +66,5 @@ def builtin() -> list[Technique]:
         paged_technique("paged|eager", "continuous batching, paged KV cache read by eager attention"),
     ]
     for name, (description, requirements) in _CUDA_FLASH.items():
-        techniques.append(paged_technique(name, description, requirements, dtype_check=_half_only(name)))
+        techniques.append(paged_technique(name, description, requirements, dtype_check=half_only(name)))
     return techniques

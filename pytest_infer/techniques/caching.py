@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pytest_infer.stack import Requirements
-from pytest_infer.technique import Expectation, Lazy, Technique, Tolerance
-from pytest_infer.techniques.compilation import max_cache_len
+from pytest_infer.core.expectation import Expectation
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.technique import Lazy, Technique
+from pytest_infer.core.tolerance import Tolerance
+from pytest_infer.runtime.kv_cache import max_cache_len
 
 
 def _quantized(backend: str, nbits: int | None = None) -> dict[str, object]:

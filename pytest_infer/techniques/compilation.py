@@ -11,18 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pytest_infer.stack import Requirements
-from pytest_infer.technique import Expectation, Lazy, Technique
-
-CACHE_LEN = 256  # static cache length: fixed, so new prompt lengths / max_new_tokens do not recompile
-
-
-def max_cache_len(needed_length: int = 0) -> int:
-    """A fixed cache length that fits the call; grows in powers of two only when a call needs more."""
-    size = CACHE_LEN
-    while size < needed_length:
-        size *= 2
-    return size
+from pytest_infer.core.expectation import Expectation
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.technique import Lazy, Technique
+from pytest_infer.runtime.kv_cache import max_cache_len
 
 
 def auto_compile_supported() -> bool:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_infer.stack import Requirements
-from pytest_infer.technique import Lazy, Technique
-from pytest_infer.techniques.compilation import max_cache_len
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.technique import Lazy, Technique
+from pytest_infer.runtime.kv_cache import max_cache_len
 
 
 def distributed_config() -> Any:

@@ -19,8 +19,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from pytest_infer.stack import Requirements, Stack
-from pytest_infer.technique import Expectation, Lazy, Technique, Tolerance
+from pytest_infer.core.expectation import Expectation
+from pytest_infer.core.requirements import Requirements
+from pytest_infer.core.stack import Stack
+from pytest_infer.core.technique import Lazy, Technique
+from pytest_infer.core.tolerance import Tolerance
 
 QUANTIZED_TOLERANCE_METRICS = ("max_kl", "mean_kl", "min_top1")
 

@@ -9,8 +9,7 @@ Run: TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python scripts/repro/flex_cpu_padded_g
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pytest_infer.config import embedded_model_path
-from pytest_infer.resources import default_prompts_file
+from pytest_infer.core.resources import default_prompts_file, embedded_model_path
 
 path = str(embedded_model_path())
 tok = AutoTokenizer.from_pretrained(path)

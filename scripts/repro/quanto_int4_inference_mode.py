@@ -10,7 +10,7 @@ inference tensor (optimum/quanto/tensor/weights/qbits.py).
 import torch
 from transformers import AutoModelForCausalLM, QuantoConfig
 
-from pytest_infer.config import embedded_model_path
+from pytest_infer.core.resources import embedded_model_path
 
 model = AutoModelForCausalLM.from_pretrained(
     embedded_model_path(), dtype=torch.float32, device_map="cpu", quantization_config=QuantoConfig(weights="int4")

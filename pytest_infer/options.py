@@ -1,0 +1,341 @@
+"""The option table and how a value is chosen: every ``--infer-*`` option has an ``infer_*`` ini twin.
+
+:data:`OPTIONS` is the single table both are declared from (``plugin.py`` turns it into ``addoption``/``addini``
+calls, ``docs/configuration.md`` is checked against it) and :func:`resolve_raw` is the single place a value is
+chosen: command line, then ini, then default. :mod:`pytest_infer.validation` checks the values. Nothing here imports
+pytest, torch or transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_infer.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--infer-<name>`` flag and its ``infer_<name>`` ini twin."""
+
+    name: str
+    help: str
+    default: Any
+    kind: str = "str"  # str | list | bool | int | float
+    metavar: str = "VALUE"
+    choices: tuple[str, ...] = ()
+    minimum: int = 1  # for kinds "int" and "float"
+
+    @property
+    def flag(self) -> str:
+        return "--infer-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "infer_" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "model",
+        "model to test: a local directory or a hub id (default: the embedded tiny model)",
+        "",
+        metavar="PATH|ID",
+    ),
+    Option(
+        "device",
+        "device(s) to run on, comma-separated: auto, cpu, cuda, cuda:1, xpu, mps (default: auto)",
+        ["auto"],
+        "list",
+        "DEVICE[,DEVICE]",
+    ),
+    Option(
+        "dtype",
+        "dtype(s) to test, comma-separated: float32, bfloat16, float16 (default: float32)",
+        ["float32"],
+        "list",
+        "DTYPE[,DTYPE]",
+    ),
+    Option(
+        "technique",
+        "techniques or families to test, comma-separated; 'all' for every one (default: all)",
+        ["all"],
+        "list",
+        "NAME[,NAME]",
+    ),
+    Option(
+        "suite",
+        "bundled suites to collect, comma-separated: parity, generation, perf, all (default: none)",
+        [],
+        "list",
+        "SUITE[,SUITE]",
+    ),
+    Option("reference", "technique the others are compared with (default: eager)", "eager", metavar="NAME"),
+    Option("reference_dtype", "dtype of the reference run (default: float32)", "float32", metavar="DTYPE"),
+    Option("strict", "fail instead of skip when a selected technique cannot run on this stack", False, "bool"),
+    Option("trust_remote_code", "allow the model's own Python code to run (off by default)", False, "bool"),
+    Option("allow_pickle", "allow pickle (.bin) checkpoints; only safetensors are loaded otherwise", False, "bool"),
+    Option(
+        "cache_dir",
+        "cache directory for compile caches and built models (default: ~/.cache/pytest-infer)",
+        "",
+        metavar="DIR",
+    ),
+    Option("prompts", "prompt file: one prompt per line, UTF-8 (default: the bundled prompt set)", "", metavar="FILE"),
+    Option(
+        "max_models",
+        "how many loaded models stay resident across tests and files: auto keeps them while their weights fit in a "
+        "quarter of the memory they live in (at least two), N at most N; beyond, the oldest is evicted",
+        "auto",
+        "int",
+        "N|auto",
+        choices=("auto",),
+    ),
+    Option(
+        "tolerance_mode",
+        "how default bounds are set: floor (tightened to the measured noise of the reference) or fixed (the per-dtype table)",
+        "floor",
+        metavar="MODE",
+        choices=("floor", "fixed"),
+    ),
+    Option(
+        "new_tokens",
+        "greedy tokens generated for generation parity, comma-separated: each length is a separate generate call",
+        ["16", "64"],
+        "list",
+        "N[,N]",
+    ),
+    Option(
+        "padding",
+        "padding sweep of the padded-batch check: 'left:N,N;right:N'",
+        "left:0,1,7,32;right:0,7",
+        metavar="SWEEP",
+    ),
+    Option(
+        "baseline",
+        "technique the speed/memory of the others is measured against, in the same session (default: the reference)",
+        "",
+        metavar="NAME",
+    ),
+    Option("perf_new_tokens", "tokens generated per timed call in the perf suite (forced length)", 32, "int", "N"),
+    Option(
+        "perf_scenarios",
+        "perf-suite scenarios to time: auto (each technique where its family shows: docs/performance.md), all, "
+        "or a comma list of decode,prefill,ttft,load,memory,batching",
+        ["auto"],
+        "list",
+        "auto|all|NAMES",
+    ),
+    Option("perf_rounds", "timed rounds per technique (each paired with a baseline round)", 5, "int", "N"),
+    Option(
+        "perf_warmup",
+        "extra untimed warm-up calls of each side before the timed rounds (after the first, compiling, call and "
+        "the call that sizes the samples and measures memory)",
+        0,
+        "int",
+        "N",
+        minimum=0,
+    ),
+    Option(
+        "compare_fail",
+        "fail a perf test whose metric regressed against the stored pytest-benchmark baseline, optionally for one "
+        "scenario: 'cpu_speedup:8%,load.cpu_speedup:30%,peak_memory:5%' (paired ratios for shared runners)",
+        "",
+        metavar="[SCENARIO.]METRIC:PCT[,...]",
+    ),
+    Option(
+        "markdown",
+        "write the technique x check matrix as Markdown to this path (also appended to $GITHUB_STEP_SUMMARY when set)",
+        "",
+        metavar="PATH",
+    ),
+    Option(
+        "list",
+        "print the technique catalogue with, for this stack, runnable or the skip reason; then exit",
+        False,
+        "bool",
+    ),
+    Option(
+        "report", "write the JSON report (versioned schema: docs/report-schema.md) to this path", "", metavar="PATH"
+    ),
+    Option(
+        "tp_size",
+        "ranks of the tensor-parallel techniques (processes started through torch.distributed)",
+        2,
+        "int",
+        "N",
+    ),
+    Option(
+        "rank_timeout",
+        "seconds a multi-process technique's ranks may run before they are stopped and the test fails",
+        300,
+        "int",
+        "SECONDS",
+    ),
+    Option(
+        "gpus_per_worker",
+        "under pytest-xdist, GPUs pinned to each worker through CUDA_VISIBLE_DEVICES (0: no pinning)",
+        1,
+        "int",
+        "N",
+        minimum=0,
+    ),
+    Option(
+        "isolate",
+        "run the tests in a pytest-xdist worker (-n 1 added when no -n is given): a technique that crashes the "
+        "process fails its own test and the session goes on",
+        False,
+        "bool",
+    ),
+    Option(
+        "timeout",
+        "seconds one pytest-infer test may run before it fails with where it was (0: no limit)",
+        0,
+        "int",
+        "SECONDS",
+        minimum=0,
+    ),
+    Option(
+        "progress",
+        "seconds a step (loading, compiling, benchmarking a technique) runs before the terminal names it "
+        "(0: never; never under -q or on xdist workers)",
+        3.0,
+        "float",
+        "SECONDS",
+        minimum=0,
+    ),
+    Option(
+        "plot",
+        "write a PNG of speedup vs memory ratio per technique, parity marked (needs matplotlib: pytest-infer[plot])",
+        "",
+        metavar="PATH",
+    ),
+    Option(
+        "tolerance",
+        "tolerance overrides, ';'-separated: [TECHNIQUE:][DTYPE:]metric=value,... e.g. 'sdpa:bfloat16:max_abs=0.2'",
+        [],
+        "list",
+        "SPEC",
+    ),
+)
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def parse_bool(value: str | bool, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{what}: expected true or false, got {value!r}")
+
+
+def split_list(values: str | Sequence[str], sep: str = ",") -> list[str]:
+    """``"a, b" / ["a,b", "c"]`` -> ``["a", "b", "c"]`` (repeated flags and comma lists both work)."""
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        out.extend(p.strip() for p in item.replace("\n", sep).split(sep) if p.strip())
+    return out
+
+
+def coerce(opt: Option, raw: Any, source: str, ini_file: str = "") -> Any:
+    what = f"{opt.flag}" if source == "cli" else f"ini option {opt.ini}"
+    where = f" (set in {ini_file})" if source == "ini" and ini_file else ""
+    if opt.kind == "bool":
+        try:
+            return parse_bool(raw, what)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{where}") from None
+    if opt.kind == "list":
+        return split_list(raw, ";" if opt.name == "tolerance" else ",")
+    if opt.kind == "int":
+        if str(raw).strip().lower() in opt.choices:  # a word the option takes besides integers (auto)
+            return str(raw).strip().lower()
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            words = "".join(f" or {c}" for c in opt.choices)
+            raise ConfigError(f"{what}: expected an integer{words}, got {raw!r}{where}") from None
+        if value < opt.minimum:
+            raise ConfigError(f"{what}: must be at least {opt.minimum}, got {value}{where}")
+        return value
+    if opt.kind == "float":
+        try:
+            number = float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{what}: expected a number, got {raw!r}{where}") from None
+        if not number >= opt.minimum:  # also rejects nan
+            raise ConfigError(f"{what}: must be at least {opt.minimum}, got {raw!r}{where}")
+        return number
+    return str(raw).strip()
+
+
+def _blank(opt: Option, raw: Any) -> bool:
+    """An option given on the command line with nothing in it (``--infer-model "$UNSET"``)."""
+    if opt.kind == "bool":
+        return False
+    if opt.kind == "list":
+        return not split_list(raw, ";" if opt.name == "tolerance" else ",")
+    return not str(raw).strip()
+
+
+def resolve_raw(
+    cli: Callable[[str], Any], ini: Callable[[str], Any], ini_file: str = ""
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Pick each option's value: command line, then ini, then default. ``cli``/``ini`` return None/"" when unset.
+
+    An option given on the command line with an empty value is an error rather than the default: it is
+    almost always an unset shell variable (``--infer-model "$MODEL"``), and silently testing the embedded
+    model instead of the user's would report a pass for the wrong model."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        raw = cli(opt.name)
+        if raw is not None and raw != [] and _blank(opt, raw):
+            raise ConfigError(
+                f"{opt.flag}: empty value (an unset shell variable?); give a value, or leave the option out "
+                "to use its default"
+            )
+        if raw is not None and raw != [] and raw != "":
+            values[opt.name], sources[opt.name] = coerce(opt, raw, "cli"), "cli"
+            continue
+        raw = ini(opt.ini)
+        if raw is not None and raw != "" and raw != []:
+            values[opt.name], sources[opt.name] = coerce(opt, raw, "ini", ini_file), "ini"
+            continue
+        values[opt.name] = list(opt.default) if isinstance(opt.default, list) else opt.default
+        sources[opt.name] = "default"
+    return values, sources
+
+
+def origin(name: str, sources: Mapping[str, str]) -> str:
+    """How the user wrote option ``name``: ``--infer-dtype``, or ``ini option infer_dtype`` when the value
+    came from the ini file (so a message points at the line to fix)."""
+    opt = OPTION_BY_NAME[name]
+    return f"ini option {opt.ini}" if sources.get(name) == "ini" else opt.flag
+
+
+@contextlib.contextmanager
+def blamed(name: str, sources: Mapping[str, str], *errors: type[Exception], ini_file: str = "") -> Iterator[None]:
+    """Re-raise :class:`ConfigError` (and ``errors``) raised inside as a ConfigError that starts with how the
+    user wrote option ``name`` (``--infer-dtype: ...`` or ``ini option infer_dtype: ... (set in tox.ini)``)."""
+    caught: tuple[type[Exception], ...] = (ConfigError, *errors)
+    try:
+        yield
+    except caught as exc:
+        text, flag, where = str(exc), OPTION_BY_NAME[name].flag, origin(name, sources)
+        if text.startswith(flag):
+            text = where + text[len(flag) :]
+        elif not text.startswith(where):
+            text = f"{where}: {text}"
+        if sources.get(name) == "ini" and ini_file:
+            text += f" (set in {ini_file})"
+        raise ConfigError(text) from None
+
+
+# --- markers and hooks: validated before any model loads -------------------------------------------

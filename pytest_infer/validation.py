@@ -1,0 +1,174 @@
+"""Validation of the resolved option values into one :class:`~pytest_infer.core.config.InferConfig`: each value is
+checked (model, dtypes, suites, paths, sweeps, rules...) and an error names the option as the user set it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_infer.core.config import InferConfig
+from pytest_infer.core.dtypes import DTYPES, normalize_dtype
+from pytest_infer.core.errors import ConfigError
+from pytest_infer.core.resources import SUITES
+from pytest_infer.options import OPTION_BY_NAME, Option, blamed
+from pytest_infer.parity.padding import parse_sweep
+from pytest_infer.perf.gate import parse_compare_fail
+from pytest_infer.perf.scenarios import ScenarioError, validate
+from pytest_infer.runtime.checkpoint import validate_model, validate_model_dir
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-infer"
+
+
+def validate_dtypes(names: Sequence[str]) -> tuple[str, ...]:
+    if not names:
+        raise ConfigError("no dtype given; valid choices: " + ", ".join(DTYPES))
+    return tuple(dict.fromkeys(normalize_dtype(n) for n in names))
+
+
+def validate_suites(names: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for n in names:
+        n = n.lower()
+        if n == "all":
+            out.extend(SUITES)
+        elif n in SUITES:
+            out.append(n)
+        else:
+            raise ConfigError(f"unknown suite {n!r}; valid choices: {', '.join(SUITES)}, all")
+    return tuple(dict.fromkeys(out))
+
+
+def validate_perf_scenarios(values: Sequence[str]) -> tuple[str, ...]:
+
+    try:
+        return validate(values)
+    except ScenarioError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def validate_choice(opt: Option, value: str) -> str:
+    if value not in opt.choices:
+        raise ConfigError(f"{opt.flag}: unknown value {value!r}; valid choices: {', '.join(opt.choices)}")
+    return value
+
+
+def validate_new_tokens(values: Sequence[str]) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        if not str(v).strip().isdigit() or int(v) < 1:
+            raise ConfigError(f"--infer-new-tokens: {v!r} is not a positive integer (e.g. 16,64)")
+        out.append(int(v))
+    return tuple(sorted(set(out)))
+
+
+def validate_padding(spec: str) -> str:
+
+    try:
+        parse_sweep(spec)
+    except ValueError as exc:
+        raise ConfigError(f"--infer-padding: {exc}") from None
+    return spec
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried for real, because ``os.access`` answers yes to
+    root on a read-only mount."""
+    import tempfile
+
+    if not os.access(folder, os.W_OK):
+        return False
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pytest-infer-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def validate_report_path(path: str, rootdir: Path, flag: str = "--infer-report") -> str:
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        example = {"--infer-markdown": "report.md", "--infer-plot": "plot.png"}.get(flag, "report.json")
+        raise ConfigError(f"{flag} {path}: is a directory; give a file path, e.g. {p / example}")
+    folder = p.parent if p.parent != Path("") else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
+    if not _writable(folder):
+        raise ConfigError(f"{flag} {path}: folder {folder} is not writable; choose a writable folder")
+    return str(p)
+
+
+def validate_compare_fail(spec: str) -> str:
+    if spec:
+        try:
+            parse_compare_fail(spec)
+        except ValueError as exc:
+            raise ConfigError(f"--infer-compare-fail: {exc}") from None
+    return spec
+
+
+def validate_cache_dir(path: str) -> str:
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--infer-cache-dir {path}: is a file; give a directory (created when missing)")
+    return str(p)
+
+
+def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, ini_file: str = "") -> InferConfig:
+    """Validate what :func:`resolve_raw` picked; techniques and devices are validated by the session.
+    Each message names the option as the user set it (flag or ini option, see :func:`blamed`)."""
+
+    def check(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        with blamed(name, sources, ini_file=ini_file):
+            return fn(*args)
+
+    model = check("model", validate_model, values["model"], rootdir, values["allow_pickle"])
+    if values["model"]:
+        check("model", validate_model_dir, model, values["trust_remote_code"])
+    cache_dir = values["cache_dir"] or str(default_cache_dir())
+    return InferConfig(
+        model=model,
+        devices=tuple(dict.fromkeys(d.lower() for d in values["device"])) or ("auto",),
+        dtypes=check("dtype", validate_dtypes, values["dtype"]),
+        techniques=tuple(values["technique"]) or ("all",),
+        suites=check("suite", validate_suites, values["suite"]),
+        reference=values["reference"],
+        reference_dtype=check("reference_dtype", normalize_dtype, values["reference_dtype"]),
+        strict=values["strict"],
+        trust_remote_code=values["trust_remote_code"],
+        allow_pickle=values["allow_pickle"],
+        cache_dir=check("cache_dir", validate_cache_dir, cache_dir),
+        prompts=values["prompts"],
+        max_models=0 if values["max_models"] == "auto" else values["max_models"],
+        tolerance_mode=check(
+            "tolerance_mode", validate_choice, OPTION_BY_NAME["tolerance_mode"], values["tolerance_mode"]
+        ),
+        new_tokens=check("new_tokens", validate_new_tokens, values["new_tokens"]),
+        padding=check("padding", validate_padding, values["padding"]),
+        report=check("report", validate_report_path, values["report"], rootdir),
+        markdown=check("markdown", validate_report_path, values["markdown"], rootdir, "--infer-markdown"),
+        list=values["list"],
+        baseline=values["baseline"],
+        perf_new_tokens=values["perf_new_tokens"],
+        perf_scenarios=check("perf_scenarios", validate_perf_scenarios, values["perf_scenarios"]),
+        perf_rounds=values["perf_rounds"],
+        perf_warmup=values["perf_warmup"],
+        compare_fail=check("compare_fail", validate_compare_fail, values["compare_fail"]),
+        tp_size=values["tp_size"],
+        rank_timeout=values["rank_timeout"],
+        gpus_per_worker=values["gpus_per_worker"],
+        plot=check("plot", validate_report_path, values["plot"], rootdir, "--infer-plot"),
+        isolate=values["isolate"],
+        timeout=values["timeout"],
+        progress=values["progress"],
+        tolerance=tuple(values["tolerance"]),
+        sources=dict(sources),
+    )
