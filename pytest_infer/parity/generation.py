@@ -8,11 +8,11 @@ far. Lossy techniques are held to a share of agreeing tokens (``min_greedy``) in
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_infer.core.text import number
 from pytest_infer.runtime.generated import Generated
 
 
@@ -74,8 +74,8 @@ class GenerationParityResult:
             if r.status == "diverged":
                 out.append(
                     f"row {r.row} diverged at step {r.step}: reference {r.reference_token} {r.reference_piece!r} "
-                    f"(margin {_fmt(r.reference_margin)}) vs candidate {r.candidate_token} {r.candidate_piece!r} "
-                    f"(margin {_fmt(r.candidate_margin)}); near-tie threshold {self.near_tie:g}; "
+                    f"(margin {number(r.reference_margin)}) vs candidate {r.candidate_token} {r.candidate_piece!r} "
+                    f"(margin {number(r.candidate_margin)}); near-tie threshold {self.near_tie:g}; "
                     f"text so far: {r.text_so_far!r}"
                 )
             elif r.status == "short":
@@ -117,7 +117,7 @@ class GenerationParityResult:
         for r in self.rows:
             if r.status == "near_tie":
                 lines.append(
-                    f"  row {r.row}: near-tie at step {r.step} (reference margin {_fmt(r.reference_margin)} < "
+                    f"  row {r.row}: near-tie at step {r.step} (reference margin {number(r.reference_margin)} < "
                     f"{self.near_tie:g}): {r.reference_piece!r} vs {r.candidate_piece!r}; compared {r.compared} steps, "
                     "stopped there"
                 )
@@ -142,10 +142,6 @@ class GenerationParityResult:
             "failures": self.failures,
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.3g}"
 
 
 @dataclass(frozen=True)

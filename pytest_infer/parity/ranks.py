@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_infer.core.text import shorten
 from pytest_infer.parity.generation import token_divergence
 from pytest_infer.runtime.launcher import RankResults
 
@@ -49,7 +50,7 @@ class RankAgreementResult:
         if self.missing_ranks:
             out.append(f"no tokens from rank(s) {', '.join(map(str, self.missing_ranks))} of {self.tp_size}")
         for d in self.disagreements:
-            request = f"request {d.row}" + (f" ({_short(self.prompts[d.row])})" if d.row < len(self.prompts) else "")
+            request = f"request {d.row}" + (f" ({shorten(self.prompts[d.row])})" if d.row < len(self.prompts) else "")
             if d.step is None:
                 out.append(
                     f"rank {d.rank} disagrees with rank {self.first_rank} on {request} of the {d.new_tokens}-token "
@@ -111,10 +112,6 @@ class RankAgreementResult:
             "failures": self.failures,
             "disagreements": [dataclasses.asdict(d) for d in self.disagreements],
         }
-
-
-def _short(text: str, n: int = 40) -> str:
-    return repr(text if len(text) <= n else text[: n - 1] + "…")
 
 
 def compare_ranks(

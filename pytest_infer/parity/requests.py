@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_infer.core.text import number
 from pytest_infer.parity.generation import token_divergence
 from pytest_infer.runtime.continuous_batching import BatchRun
 from pytest_infer.runtime.generated import Generated
@@ -62,7 +63,7 @@ class BatchingResult:
             if r.status == "diverged":
                 out.append(
                     f"{r.where(self.api)} diverged at step {r.step}: reference {r.reference_token} "
-                    f"{r.reference_piece!r} (margin {_fmt(r.reference_margin)}) vs candidate {r.candidate_token} "
+                    f"{r.reference_piece!r} (margin {number(r.reference_margin)}) vs candidate {r.candidate_token} "
                     f"{r.candidate_piece!r}; near-tie threshold {self.near_tie:g}; text so far: {r.text_so_far!r}"
                 )
             elif r.status == "short":
@@ -96,7 +97,7 @@ class BatchingResult:
         for r in self.rows:
             if r.status == "near_tie":
                 lines.append(
-                    f"  {r.where(self.api)}: near-tie at step {r.step} (reference margin {_fmt(r.reference_margin)} "
+                    f"  {r.where(self.api)}: near-tie at step {r.step} (reference margin {number(r.reference_margin)} "
                     f"< {self.near_tie:g}): {r.reference_piece!r} vs {r.candidate_piece!r}; compared up to there"
                 )
         lines.extend(f"  - {f}" for f in self.failures)
@@ -122,10 +123,6 @@ class BatchingResult:
             "evidence": list(self.evidence),
             "rows": [dataclasses.asdict(r) for r in self.rows],
         }
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3g}"
 
 
 def compare_requests(
