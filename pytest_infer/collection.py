@@ -21,6 +21,7 @@ from pytest_infer.core.technique import FAMILIES
 from pytest_infer.markers import marker_problem
 from pytest_infer.perf.scenarios import TESTS, prefill_lengths, wanted
 from pytest_infer.session import InferSession, families
+from pytest_infer.techniques.applicability import model_reason, size_reason
 
 CASE_ARGS = ("infer_case", "infer_compiled_case")  # every selected technique / the compiled ones
 FAMILY_ARG_SUFFIX = "_technique"  # e.g. attention_technique: the attention family only
@@ -181,6 +182,11 @@ class Collection:
     def _marks(self, case: Case, check: str | None = None) -> list[pytest.MarkDecorator]:
         stack = self.session.stack_for(case.device)
         reason = case.technique.skip_reason(stack, case.dtype, strict=self.config.strict)
+        if reason is None:
+            facts = self.session.model_facts
+            reason = model_reason(case.technique, facts, stack) or size_reason(
+                case.technique, facts, stack, named=case.technique.name in self.config.techniques
+            )
         if reason is None and case.technique.runner == "multiprocess":
             s = self.session
             reason = cached_preflight(s.cache, s.source, case, s.config.tp_size, stack.device_count)

@@ -109,8 +109,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "padding",
-        "padding sweep of the padded-batch check: 'left:N,N;right:N'",
-        "left:0,1,7,32;right:0,7",
+        "padding sweep of the padded-batch check: 'left:N,N;right:N', or auto (left:0,1,7,32;right:0,7, and "
+        "left:0,7;right:0 for a model over 100M parameters: each point is a forward of the whole batch)",
+        "auto",
         metavar="SWEEP",
     ),
     Option(

@@ -25,17 +25,20 @@ from pytest_infer.core.case import Case
 from pytest_infer.core.config import InferConfig
 from pytest_infer.core.detect import detect_stack, validate_device
 from pytest_infer.core.errors import ConfigError, ExplainedFailure, TechniqueError
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.registry import Registry
 from pytest_infer.core.resources import default_prompts_file, read_prompts
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance, parse_tolerance_spec
 from pytest_infer.core.version import __version__
+from pytest_infer.parity.padding import choose_sweep
 from pytest_infer.progress import Progress
 from pytest_infer.reports.document import report_document, write_atomically
 from pytest_infer.reports.markdown import markdown_table
 from pytest_infer.reports.plot import missing_dependency, session_plot
 from pytest_infer.reports.terminal import catalogue_lines, terminal_summary
+from pytest_infer.runtime.capabilities import read_facts
 from pytest_infer.runtime.loading import ModelSource, resolve_device
 from pytest_infer.runtime.model_cache import ModelCache
 from pytest_infer.techniques import builtin_techniques
@@ -127,6 +130,18 @@ class InferSession:
         return {**data, **text} if isinstance(text, dict) else data
 
     @functools.cached_property
+    def model_facts(self) -> ModelFacts | None:
+        """What the model's config and class say before any weight loads (None where the config cannot be read
+        offline): each technique's applicability is decided from it at collection."""
+        return read_facts(self.source)
+
+    @functools.cached_property
+    def padding(self) -> tuple[str, str]:
+        """(the padding sweep this session runs, why): ``auto`` chooses by the model's size."""
+        facts = self.model_facts if self.config.padding == "auto" else None
+        return choose_sweep(self.config.padding, facts.parameters if facts is not None else 0)
+
+    @functools.cached_property
     def prompts(self) -> tuple[str, ...]:
         return read_prompts(self.config.prompts or str(default_prompts_file()))
 
@@ -173,6 +188,7 @@ class InferSession:
             stored_runs=self.stored_runs,
             benchmark_loaded=config.pluginmanager.hasplugin("benchmark"),
             xdist_worker=hasattr(config, "workerinput"),
+            padding=self.padding[0],
         )
 
     def _step(self, what: str) -> AbstractContextManager[None]:
@@ -203,6 +219,9 @@ class InferSession:
             f"infer: model {source} | devices {','.join(self.devices)} | dtypes {','.join(self.config.dtypes)} | "
             f"{len(self.selected)} techniques | reference {self.config.reference} ({self.config.reference_dtype})"
         )
+        if "parity" in self.config.suites and self.config.padding == "auto":
+            sweep, why = self.padding
+            lines[-1] += f" | padding sweep {sweep} ({why})"
         if "perf" in self.config.suites:
             lines[-1] += f" | perf scenarios {','.join(self.config.perf_scenarios)}"
         return lines
@@ -276,7 +295,11 @@ class InferSession:
         for device in self.devices:
             stack = self.stack_for(device)
             lines.append(f"techniques on {device} ({stack.header_line().removeprefix('infer stack: ')}):")
-            lines.extend(catalogue_lines(self.registry, stack, self.config.dtypes[0], strict=self.config.strict))
+            lines.extend(
+                catalogue_lines(
+                    self.registry, stack, self.config.dtypes[0], strict=self.config.strict, facts=self.model_facts
+                )
+            )
         return lines
 
     def close(self) -> None:

@@ -67,7 +67,8 @@ def validate_new_tokens(values: Sequence[str]) -> tuple[int, ...]:
 
 
 def validate_padding(spec: str) -> str:
-
+    if spec.strip().lower() == "auto":
+        return "auto"
     try:
         parse_sweep(spec)
     except ValueError as exc:

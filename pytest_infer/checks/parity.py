@@ -76,12 +76,12 @@ class ParityChecks:
         tolerance, floor = models.tolerance(case)
         pairs = padding_parity(
             models.reference_solo(case.device),
-            models.model(case),
+            lambda batch: models.forward(case, batch),
             ctx.tokenizer,
             ctx.prompts,
             case.technique,
             tolerance,
-            parse_sweep(ctx.config.padding),
+            parse_sweep(ctx.padding or ctx.config.padding),
             reference_name=ctx.reference.name,
             device=case.device,
             dtype=case.dtype,
@@ -215,9 +215,7 @@ class ParityChecks:
         if case.technique.runner == "multiprocess" and model is None:
             with models.step(case, "logits"):
                 return self.ranks.logits(case, batch)
-        model = model if model is not None else models.model(case)
-        with models.step(case, f"logits of {batch.input_ids.shape[0]} prompts"):
-            return forward_logits(model, batch, case.technique)
+        return models.forward(case, batch, model)
 
     def _candidate_generate(self, case: Case, batch: Batch, new_tokens: int) -> Generated:
         """The case's greedy generation of ``new_tokens`` tokens (``multiprocess``: run by its ranks)."""

@@ -31,7 +31,7 @@ class InferConfig:
     max_models: int  # 0: auto (bounded by memory, see pytest_infer.models.ModelCache)
     tolerance_mode: str = "floor"
     new_tokens: tuple[int, ...] = (16, 64)
-    padding: str = "left:0,1,7,32;right:0,7"
+    padding: str = "auto"
     report: str = ""
     markdown: str = ""
     list: bool = False

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.perf.result import perf_headline
+from pytest_infer.techniques.applicability import model_reason
 
 CHECK_COLUMNS = (
     "logits",
@@ -93,11 +95,14 @@ def summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def catalogue_lines(techniques: Iterable[Any], stack: Any, dtype: str, *, strict: bool = False) -> list[str]:
-    """Every technique with, for ``stack`` and ``dtype``, "runnable" or the reason it would be skipped."""
+def catalogue_lines(
+    techniques: Iterable[Any], stack: Any, dtype: str, *, strict: bool = False, facts: ModelFacts | None = None
+) -> list[str]:
+    """Every technique with, for ``stack``, ``dtype`` and the model ``facts`` describe, "runnable" or the reason it
+    would be skipped."""
     lines = []
     for t in techniques:
-        reason = t.skip_reason(stack, dtype, strict=strict)
+        reason = t.skip_reason(stack, dtype, strict=strict) or model_reason(t, facts, stack)
         lines.append(f"  {t.name:<32} {t.family:<12} {'runnable' if reason is None else 'skip: ' + reason}")
     return lines
 
