@@ -83,5 +83,5 @@ def test_wheel_without_extras_runs_the_parity_suite_under_a_strict_ini(tmp_path:
             300,
         ).stdout
     )
-    summary = out.strip().splitlines()[-1]
+    summary = done.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
