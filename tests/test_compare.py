@@ -67,8 +67,13 @@ def test_release_comparison_pairs_one_gpu_across_versions(tmp_path: Path) -> Non
     old = report(
         tmp_path / "old" / "h100.json",
         h100("5.17.0"),
-        [speed("compile", 1.50, 0.03, 0.90), speed("sdpa", 1.20, 0.05, 1.0), speed("fa2", 1.30, 0.2, 1.0)]
-        + [logits("sdpa", 0.02), logits("fa2", 0.02)],
+        [
+            speed("compile", 1.50, 0.03, 0.90),
+            speed("sdpa", 1.20, 0.05, 1.0),
+            speed("fa2", 1.30, 0.2, 1.0),
+            logits("sdpa", 0.02),
+            logits("fa2", 0.02),
+        ],
         [
             outcome("test_logit_parity", "sdpa", "passed"),
             outcome("test_logit_parity", "fa2", "failed"),
@@ -78,8 +83,13 @@ def test_release_comparison_pairs_one_gpu_across_versions(tmp_path: Path) -> Non
     new = report(
         tmp_path / "new" / "h100.json",
         h100("5.24.0"),
-        [speed("compile", 1.20, 0.03, 0.99), speed("sdpa", 1.17, 0.05, 1.0), speed("fa2", 1.10, 0.25, 1.0)]
-        + [logits("sdpa", 0.31, passed=False), logits("fa2", 0.02)],
+        [
+            speed("compile", 1.20, 0.03, 0.99),
+            speed("sdpa", 1.17, 0.05, 1.0),
+            speed("fa2", 1.10, 0.25, 1.0),
+            logits("sdpa", 0.31, passed=False),
+            logits("fa2", 0.02),
+        ],
         [
             outcome("test_logit_parity", "sdpa", "failed"),
             outcome("test_logit_parity", "fa2", "passed"),
@@ -104,11 +114,27 @@ def test_release_comparison_pairs_one_gpu_across_versions(tmp_path: Path) -> Non
     assert moved["sdpa", "logits", "max_abs"] == (0.02, 0.31) and ("fa2", "logits", "max_abs") not in moved
     md = comparison_markdown(c)
     assert "**3 regressions**" in md and "### Newly skipped" in md and "<details>" in md
-    assert "| `cuda-nvidia_h100_80gb_hbm3-sm90` | compile | bfloat16 | decode 32 tokens x 8 prompts | 1.5x [1.47, 1.53] |" in md
+    assert (
+        "| `cuda-nvidia_h100_80gb_hbm3-sm90` | compile | bfloat16 | decode 32 tokens x 8 prompts | 1.5x [1.47, 1.53] |"
+        in md
+    )
 
     # the command: folders work, Markdown and JSON are written, exit 1 on a regression, 0 on none
     out_md, out_json = tmp_path / "c.md", tmp_path / "c.json"
-    assert main(["compare", str(tmp_path / "old"), str(tmp_path / "new"), "--markdown", str(out_md), "--json", str(out_json)]) == 1
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "old"),
+                str(tmp_path / "new"),
+                "--markdown",
+                str(out_md),
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 1
+    )
     assert out_md.read_text() == md.replace(old, str(tmp_path / "old" / "h100.json"))
     assert json.loads(out_json.read_text())["kind"] == "comparison"
     assert main(["compare", old, new, "--threshold", "30%"]) == 1  # still the newly failing test
@@ -117,8 +143,12 @@ def test_release_comparison_pairs_one_gpu_across_versions(tmp_path: Path) -> Non
 
 def test_stacks_only_on_one_side_are_named_not_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a10 = Stack("cuda", "NVIDIA A10", compute_capability=(8, 6), packages={"torch": "2.9.0", "transformers": "5.24.0"})
-    old = report(tmp_path / "old.json", h100("5.17.0"), [logits("sdpa", 0.02)], [outcome("test_logit_parity", "sdpa", "passed")])
-    new = report(tmp_path / "new.json", a10, [logits("sdpa", 0.5, False)], [outcome("test_logit_parity", "sdpa", "failed")])
+    old = report(
+        tmp_path / "old.json", h100("5.17.0"), [logits("sdpa", 0.02)], [outcome("test_logit_parity", "sdpa", "passed")]
+    )
+    new = report(
+        tmp_path / "new.json", a10, [logits("sdpa", 0.5, False)], [outcome("test_logit_parity", "sdpa", "failed")]
+    )
     assert main(["compare", old, new]) == 0
     out = capsys.readouterr().out
     assert "`cuda-nvidia_a10-sm86` is only in the new reports: not compared" in out

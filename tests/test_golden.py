@@ -83,7 +83,9 @@ def test_record_compare_plant_perturb_regenerate(pytester: pytest.Pytester, run_
     result = run_infer(*ARGS, "--infer-report=clean.json")
     assert result.ret == 0, result.stdout.str()
     assert set(outcomes(pytester.path / "clean.json").values()) == {"passed"}
-    result.stdout.fnmatch_lines(["*golden generation passed: sdpa (float32, cpu) matches its golden: *1 stopped at recorded near-ties*"])
+    result.stdout.fnmatch_lines(
+        ["*golden generation passed: sdpa (float32, cpu) matches its golden: *1 stopped at recorded near-ties*"]
+    )
 
     # 3. one technique changes; a decisive token differs; a golden is truncated, one is from the future; a key has
     #    no golden (strict): each fails for its own reason, the others pass
@@ -96,7 +98,9 @@ def test_record_compare_plant_perturb_regenerate(pytester: pytest.Pytester, run_
     future.write_text(json.dumps(doc))
     kept = {p: p.read_bytes() for p in (truncated, future)}
     monkeypatch.setenv("INFER_PLANT", "1")
-    result = run_infer(*ARGS, "--infer-technique=eager,sdpa,planted,sdpa_math", "--infer-strict", "--infer-report=planted.json")
+    result = run_infer(
+        *ARGS, "--infer-technique=eager,sdpa,planted,sdpa_math", "--infer-strict", "--infer-report=planted.json"
+    )
     ran = outcomes(pytester.path / "planted.json")
     assert ran["test_logits_golden[cpu-float32-eager]"] == ran["test_generation_golden[cpu-float32-eager]"] == "passed"
     for failing in (
@@ -131,7 +135,10 @@ def test_record_compare_plant_perturb_regenerate(pytester: pytest.Pytester, run_
     assert main(["compare", "clean.json", "planted.json", "--markdown", str(summary), "--json", "compare.json"]) == 1
     text = summary.read_text()
     assert "**" in text and "regressions** (tests newly failing" in text
-    assert re.search(r"- `cpu-\S+` planted \(float32\): test_parity.py::test_logit_parity\[cpu-float32-planted\]: passed -> failed", text)
+    assert re.search(
+        r"- `cpu-\S+` planted \(float32\): test_parity.py::test_logit_parity\[cpu-float32-planted\]: passed -> failed",
+        text,
+    )
     assert "test_parity_golden.py::test_logits_golden[cpu-float32-planted]: passed -> failed" in text
     assert "| golden | logits | max_abs |" in text.replace("`", "")  # the metrics that moved, golden's included
     assert main(["compare", "clean.json", "clean.json"]) == 0
@@ -168,13 +175,19 @@ def test_record_compare_plant_perturb_regenerate(pytester: pytest.Pytester, run_
 def test_a_golden_of_another_stack_class_is_never_used(pytester: pytest.Pytester, run_infer) -> None:
     """Goldens recorded here, then a run that believes it is on another CPU ISA: not found, skipped with the
     command that records them, naming the stack classes the folder has."""
-    base = ("--infer-suite=parity", "--infer-technique=sdpa", "--infer-golden=goldens", "-k", "test_logits_golden", "-rs")
+    base = (
+        "--infer-suite=parity",
+        "--infer-technique=sdpa",
+        "--infer-golden=goldens",
+        "-k",
+        "test_logits_golden",
+        "-rs",
+    )
     result = run_infer(*base, "--infer-golden-record")
     assert result.ret == 0, result.stdout.str()
     (here,) = [p.name for p in (pytester.path / "goldens" / "tiny-llama").iterdir()]
     pytester.makeconftest(
-        "import torch\n"
-        "torch.backends.cpu.get_cpu_capability = lambda: 'AVX512_FAKE'  # another CPU class, faked\n"
+        "import torch\ntorch.backends.cpu.get_cpu_capability = lambda: 'AVX512_FAKE'  # another CPU class, faked\n"
     )
     result = run_infer(*base)
     assert result.ret == 0, result.stdout.str()
@@ -187,4 +200,3 @@ def test_a_golden_of_another_stack_class_is_never_used(pytester: pytest.Pytester
             "--infer-golden */goldens --infer-golden-record --infer-technique sdpa --infer-dtype float32 --infer-device cpu"
         ]
     )
-

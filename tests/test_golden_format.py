@@ -54,19 +54,26 @@ def test_round_trip_is_exact_to_its_step_and_diffable(tmp_path: Path) -> None:
     assert size == path.stat().st_size
     back = read_golden(path, KEY)
     assert back.logits is not None and back.logits.ids == lg.ids
-    worst = max(abs(a - b) for r1, r2 in zip(lg.logprobs, back.logits.logprobs) for p1, p2 in zip(r1, r2) for a, b in zip(p1, p2))
+    worst = max(
+        abs(a - b)
+        for r1, r2 in zip(lg.logprobs, back.logits.logprobs, strict=True)
+        for p1, p2 in zip(r1, r2, strict=True)
+        for a, b in zip(p1, p2, strict=True)
+    )
     assert worst <= STEP / 2 + 1e-12
     text = path.read_text()
     # the readable part: one line per prompt of top-1 token ids, a diff shows which position's token changed
     top1 = json.loads(text)["logits"]["top1"]
     assert top1 == [lg.top1(r) for r in range(3)]
-    assert f'  {json.dumps(lg.top1(1), separators=(", ", ": "))}' in text
+    assert f"  {json.dumps(lg.top1(1), separators=(', ', ': '))}" in text
 
 
 def test_generation_round_trip_and_missing_margins(tmp_path: Path) -> None:
     key = GoldenKey("m", "cpu-x", "bfloat16", "paged|eager", "generation")
     for margins in ([[0.5, 0.00004, 3.0], [1.0, 2.0, 0.25]], None):
-        write_golden(key.path(tmp_path), Golden(key, {}, generation=GenerationGolden(3, [[5, 6, 7], [8, 9, 10]], margins)))
+        write_golden(
+            key.path(tmp_path), Golden(key, {}, generation=GenerationGolden(3, [[5, 6, 7], [8, 9, 10]], margins))
+        )
         back = read_golden(key.path(tmp_path), key).generation
         assert back is not None and back.tokens == [[5, 6, 7], [8, 9, 10]]
         assert back.margins == (None if margins is None else [[0.5, 0.0, 3.0], [1.0, 2.0, 0.25]])
@@ -96,7 +103,7 @@ def test_unusable_files_are_named_with_what_to_do(tmp_path: Path) -> None:
             read_golden(path, KEY)
         assert str(path) in str(info.value)
     path.write_text(json.dumps(doc))
-    with pytest.raises(GoldenError, match="holds the golden of .* not of"):
+    with pytest.raises(GoldenError, match=r"holds the golden of .* not of"):
         read_golden(path, GoldenKey("tiny-llama", "cuda-nvidia_a10-sm86", "float32", "paged|sdpa", "logits"))
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(GoldenError, match="not UTF-8"):
@@ -172,7 +179,9 @@ def test_changes_say_what_moved_since_recording() -> None:
 
 def test_stack_class_finds_the_same_hardware_only() -> None:
     def gpu(name: str, cc: tuple[int, int], torch_v: str = "2.9.0", tf: str = "5.24.0") -> Stack:
-        return Stack("cuda", name, compute_capability=cc, cuda_version="12.8", packages={"torch": torch_v, "transformers": tf})
+        return Stack(
+            "cuda", name, compute_capability=cc, cuda_version="12.8", packages={"torch": torch_v, "transformers": tf}
+        )
 
     h100 = gpu("NVIDIA H100 80GB HBM3", (9, 0))
     assert h100.stack_class() == "cuda-nvidia_h100_80gb_hbm3-sm90"
@@ -184,7 +193,10 @@ def test_stack_class_finds_the_same_hardware_only() -> None:
     assert Stack("cpu", "Intel Xeon", machine="x86_64", cpu_capability="avx512").stack_class() != cpu.stack_class()
     assert h100.for_device("cpu").stack_class().startswith("cpu-")
     # a report written before cpu_capability existed: the CPU model decides
-    assert Stack.from_dict({"device_kind": "cpu", "device_name": "AMD EPYC 7763", "machine": "x86_64"}).stack_class() == "cpu-x86_64-amd_epyc_7763"
+    assert (
+        Stack.from_dict({"device_kind": "cpu", "device_name": "AMD EPYC 7763", "machine": "x86_64"}).stack_class()
+        == "cpu-x86_64-amd_epyc_7763"
+    )
 
 
 def test_a_150k_vocabulary_golden_stays_small(tmp_path: Path) -> None:
