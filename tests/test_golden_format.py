@@ -1,5 +1,6 @@
-"""Goldens without a session: the file format (exact to its step, diffable, compact), every way a file can be
-unusable (each named with the file), the drift metrics and near-ties, what-changed, and the stack class key."""
+"""Goldens without a model: the file format (exact to its step, diffable, compact), every way a file can be
+unusable (each named with the file), the drift metrics and near-ties, what-changed, the stack class key, and the
+start-up check of the folder option."""
 
 from __future__ import annotations
 
@@ -212,3 +213,26 @@ def test_a_150k_vocabulary_golden_stays_small(tmp_path: Path) -> None:
     size = write_golden(path, Golden(KEY, {}, logits=logits_golden(logits, mask, 20)))
     assert 20_000 < size < 45_000, size
     assert not math.isnan(read_golden(path, KEY).logits.logprobs[0][0][0])  # type: ignore[union-attr]
+
+
+def test_the_golden_folder_is_checked_at_start_up(tmp_path: Path, pytester: pytest.Pytester, run_infer) -> None:
+    from pytest_infer.core.errors import ConfigError
+    from pytest_infer.validation import validate_golden_dir, validate_golden_mode
+
+    with pytest.raises(ConfigError, match=r"no such folder .* record goldens into it first with --infer-golden-record"):
+        validate_golden_dir("nope", False, tmp_path)
+    assert validate_golden_dir("new/goldens", True, tmp_path) == str(tmp_path / "new" / "goldens")  # created on write
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        validate_golden_dir("file", True, tmp_path)
+    with pytest.raises(ConfigError, match=r"--infer-golden-regen writes goldens .* give --infer-golden too"):
+        validate_golden_mode("", False, True)
+    # as users meet it: a usage error naming the option as they wrote it (here: the ini, relative to the rootdir)
+    pytester.makeini("[pytest]\ninfer_golden = goldens-typo\n")
+    result = run_infer("--infer-suite=parity")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-infer: ini option infer_golden goldens-typo: no such folder (*/goldens-typo); *(set in *tox.ini)"
+        ]
+    )
