@@ -172,3 +172,11 @@ def test_bad_input_exits_2_with_the_reason(tmp_path: Path, capsys: pytest.Captur
         assert main(["compare", *args]) == 2
         assert reason in capsys.readouterr().err
     assert parse_threshold("5%") == parse_threshold("5") == 0.05
+
+
+def test_a_bundled_suite_matches_wherever_it_was_installed() -> None:
+    from pytest_infer.reports.compare import match_id
+
+    here = "../.venv-baseline/lib/python3.11/site-packages/pytest_infer/suites/test_parity.py::test_logit_parity[cpu-float32-sdpa]"
+    assert match_id(here) == match_id("test_parity.py::test_logit_parity[cpu-float32-sdpa]")
+    assert match_id("tests/test_my_model.py::test_x") == "tests/test_my_model.py::test_x"  # a repository's own

@@ -12,6 +12,7 @@ grown past ``+threshold``. Nothing here imports torch or pytest.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from pytest_infer.core.version import __version__
 from pytest_infer.reports.merge import ReportError, case_summaries, check_versions, read_report, stack_key
 
 FAILED = ("failed", "error", "xpassed")
+# a bundled suite's test wherever the suites folder was (a checkout, a venv's site-packages): test_parity.py::...
+_SUITE_PATH = re.compile(r"^(?:.*/)?suites/(?=test_\w+\.py::)")
 MEMORY_METRICS = ("peak_memory_ratio", "weight_memory_ratio", "peak_rss_ratio", "kv_memory_ratio")
 
 
@@ -61,6 +64,12 @@ class Side:
     cases: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (class, nodeid) -> (tech, dtype)
 
 
+def match_id(nodeid: str) -> str:
+    """The id a test is matched by across runs: a bundled suite's path prefix (where pytest-infer was installed,
+    which two releases' environments do not share) is dropped."""
+    return _SUITE_PATH.sub("", nodeid)
+
+
 def collect(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Side:
     side = Side()
     for path, doc in documents:
@@ -71,11 +80,11 @@ def collect(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Side:
             side.keys.setdefault(cls, set()).add(stack_key(stack, summary.device, Path(path).stem))
             side.results.setdefault((cls, summary.technique, summary.dtype), []).extend(summary.results)
             for t in summary.tests:
-                side.tests[(cls, str(t["nodeid"]))] = t
-                side.cases[(cls, str(t["nodeid"]))] = (summary.technique, summary.dtype)
+                side.tests[(cls, match_id(str(t["nodeid"])))] = t
+                side.cases[(cls, match_id(str(t["nodeid"])))] = (summary.technique, summary.dtype)
         cls = _class_of(stack, default_device, Path(path).stem)
         for t in doc.get("tests", []):  # a repository's own tests, not parametrized by a case
-            side.tests.setdefault((cls, str(t.get("nodeid"))), t)
+            side.tests.setdefault((cls, match_id(str(t.get("nodeid")))), t)
     return side
 
 
