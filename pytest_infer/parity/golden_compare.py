@@ -22,7 +22,7 @@ from pytest_infer.core.tolerance import Tolerance
 from pytest_infer.parity.bounds import default_tolerance
 from pytest_infer.parity.floor import NoiseFloor, floor_tolerance
 from pytest_infer.parity.generation import GenerationParityResult, compare_generations
-from pytest_infer.parity.golden import GenerationGolden, LogitsGolden, logits_golden
+from pytest_infer.parity.golden import GenerationGolden, LogitsGolden
 from pytest_infer.runtime.generated import Generated
 
 if TYPE_CHECKING:
@@ -59,33 +59,41 @@ class Observed:
 
 
 def observe(logits: torch.Tensor, mask: torch.Tensor, top_k: int, golden: LogitsGolden | None) -> Observed:
-    """Reduce ``[batch, seq, vocab]`` logits (real positions where ``mask`` is true) against ``golden``."""
+    """Reduce ``[batch, seq, vocab]`` logits (real positions where ``mask`` is true) against ``golden``: one
+    log-softmax per prompt gives both this run's top-k and its moves at the golden's tokens."""
     import torch
 
-    observed = Observed(logits_golden(logits, mask, top_k))
-    current = observed.current
-    if golden is None:
-        return observed
-    if golden.positions != current.positions:
-        observed.mismatch = (
-            f"the prompts tokenize to {current.positions} positions per row, the golden has {golden.positions}: "
-            "the tokenizer changed"
-        )
-        return observed
     real = mask.bool().to(logits.device)
+    k = min(top_k, int(logits.shape[-1]))
+    current = LogitsGolden(k, [], [])
+    positions = [int(n) for n in real.sum(-1).tolist()]
+    compare = golden is not None and golden.positions == positions
     move_max: list[list[float]] = []
     move_sum: list[list[float]] = []
     for b in range(logits.shape[0]):
-        rows = torch.log_softmax(logits[b, real[b].nonzero().flatten()].double(), dim=-1)
-        if not golden.ids[b]:
+        rows = torch.log_softmax(logits[b, real[b].nonzero().flatten()].float(), dim=-1)
+        top = rows.topk(k, dim=-1)
+        current.ids.append(top.indices.tolist())
+        current.logprobs.append(top.values.tolist())
+        if not compare or not positions[b]:
             move_max.append([])
             move_sum.append([])
             continue
+        assert golden is not None
         ids = torch.tensor(golden.ids[b], device=rows.device)
         moved = (rows.gather(-1, ids) - torch.tensor(golden.logprobs[b], dtype=rows.dtype, device=rows.device)).abs()
         moved = torch.nan_to_num(moved, nan=math.inf)
         move_max.append(moved.amax(-1).tolist())
         move_sum.append(moved.sum(-1).tolist())
+    observed = Observed(current)
+    if golden is None:
+        return observed
+    if not compare:
+        observed.mismatch = (
+            f"the prompts tokenize to {positions} positions per row, the golden has {golden.positions}: "
+            "the tokenizer changed"
+        )
+        return observed
     observed.move_max, observed.move_sum = move_max, move_sum
     return observed
 
