@@ -205,6 +205,11 @@ def _speed(where: dict[str, Any], m0: Mapping[str, Any], m1: Mapping[str, Any], 
 
 
 # --- Markdown ---------------------------------------------------------------------------------------------------
+def _md(text: Any) -> str:
+    """A table cell: ``paged|sdpa`` would end the cell at its ``|``."""
+    return str(text).replace("|", "\\|")
+
+
 def _case(e: Mapping[str, Any]) -> str:
     what = f"{e['technique']} ({e['dtype']})" if e.get("technique") else ""
     return f"`{e['class']}` {what}".rstrip()
@@ -245,7 +250,7 @@ def comparison_markdown(c: Comparison) -> str:
         for p in speeds:
             (s0, lo0, hi0), (s1, lo1, hi1), (r, lo, hi) = p["old"], p["new"], p["change"]
             out.append(
-                f"| `{p['class']}` | {p['technique']} | {p['dtype']} | {p['variant']} | {s0:.3g}x [{lo0:.3g}, {hi0:.3g}] "
+                f"| `{p['class']}` | {_md(p['technique'])} | {p['dtype']} | {_md(p['variant'])} | {s0:.3g}x [{lo0:.3g}, {hi0:.3g}] "
                 f"| {s1:.3g}x [{lo1:.3g}, {hi1:.3g}] | x{r:.3f} [{lo:.3f}, {hi:.3f}] | {p['verdict']} |"
             )
     memory = [p for p in c.perf if "memory" in p]
@@ -255,14 +260,14 @@ def comparison_markdown(c: Comparison) -> str:
         for p in memory:
             for metric, (x, y) in p["memory"].items():
                 out.append(
-                    f"| `{p['class']}` | {p['technique']} | {p['dtype']} | {p['variant']} | {metric} | {x:.3g} | {y:.3g} |"
+                    f"| `{p['class']}` | {_md(p['technique'])} | {p['dtype']} | {_md(p['variant'])} | {metric} | {x:.3g} | {y:.3g} |"
                 )
     if c.metrics:
         out += ["", f"<details><summary>{len(c.metrics)} metric values that moved</summary>", ""]
         out += ["| stack class | technique | dtype | check | variant | metric | old | new | delta |", "|---" * 9 + "|"]
         for m in c.metrics:
             out.append(
-                f"| `{m['class']}` | {m['technique']} | {m['dtype']} | {m['check']} | {m['variant']} | {m['metric']} "
+                f"| `{m['class']}` | {_md(m['technique'])} | {m['dtype']} | {m['check']} | {_md(m['variant'])} | {m['metric']} "
                 f"| {_v(m['old'])} | {_v(m['new'])} | {m['delta']:+.3g} |"
             )
         out += ["", "</details>"]
