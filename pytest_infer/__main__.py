@@ -4,9 +4,10 @@ pytest-infer options      print the configuration reference (Markdown) from the 
 pytest-infer techniques   print the technique catalogue and, for this machine, runnable or why not
 pytest-infer merge        merge the JSON reports of several stacks into one stack x technique matrix
 pytest-infer plot         plot speedup vs memory ratio per technique from a JSON report (needs matplotlib)
+pytest-infer compare      what changed between two runs (reports or folders of them): failures, speed, memory
 
-Exit codes: 0 done, 1 nothing to plot, 2 a report cannot be used (unreadable, not JSON, another schema
-version) or matplotlib is missing.
+Exit codes: 0 done, 1 nothing to plot / a regression found by compare, 2 a report cannot be used (unreadable,
+not JSON, another schema version), a bad argument, or matplotlib is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 from pytest_infer.core.detect import detect_stack
 from pytest_infer.options import OPTIONS
+from pytest_infer.reports.compare import compare_reports, comparison_markdown, load_side, parse_threshold
 from pytest_infer.reports.document import write_atomically
 from pytest_infer.reports.merge import ReportError, load_reports, merge_reports, merged_markdown
 from pytest_infer.reports.plot import PlotUnavailable, write_plot
@@ -103,6 +105,40 @@ def plot_command(report: str, output: str | None) -> int:
     return 0
 
 
+def compare_command(old: str, new: str, threshold: str, markdown: str | None, json_path: str | None) -> int:
+    """``pytest-infer compare``: exit 1 when something regressed, 2 when the input cannot be used."""
+    from pathlib import Path
+
+    try:
+        fraction = parse_threshold(threshold)
+        (old_docs, old_skipped), (new_docs, new_skipped) = load_side(old), load_side(new)
+        comparison = compare_reports(old_docs, new_docs, fraction)
+    except (ReportError, ValueError) as exc:
+        sys.stderr.write(f"pytest-infer compare: {exc}\n")
+        return 2
+    for skipped in (*old_skipped, *new_skipped):
+        sys.stderr.write(f"pytest-infer compare: left out {skipped}\n")
+    text = comparison_markdown(comparison)
+    outputs = (
+        (markdown, lambda path: Path(path).write_text(text, encoding="utf-8")),
+        (json_path, lambda path: write_atomically(path, comparison.to_dict())),
+    )
+    for target, write in outputs:
+        if target:
+            try:
+                write(target)
+            except OSError as exc:
+                sys.stderr.write(f"pytest-infer compare: cannot write {target}: {exc.strerror or exc}\n")
+                return 2
+    if not (markdown or json_path):
+        sys.stdout.write(text)
+    n = len(comparison.regressions)
+    sys.stderr.write(
+        f"pytest-infer compare: {n} regression{'s' * (n != 1)}\n" if n else "pytest-infer compare: no regression\n"
+    )
+    return 1 if n else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pytest-infer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     plot = sub.add_parser("plot", help="plot speedup vs memory ratio per technique from a JSON report")
     plot.add_argument("report", metavar="REPORT.json", help="a report written by --infer-report")
     plot.add_argument("-o", "--output", metavar="FILE.png", help="where to write the PNG (default: REPORT.png)")
+    compare = sub.add_parser("compare", help="what changed between two runs: failures, speed, memory, every metric")
+    compare.add_argument("old", metavar="OLD", help="a JSON report (--infer-report) or a folder of them")
+    compare.add_argument("new", metavar="NEW", help="the same for the run to judge")
+    compare.add_argument(
+        "--threshold", default="5%", metavar="PCT", help="speed or memory change counted as a regression (default 5%%)"
+    )
+    compare.add_argument("--markdown", metavar="FILE", help="write the comparison as Markdown (a CI job summary)")
+    compare.add_argument("--json", dest="json_path", metavar="FILE", help="write the comparison as JSON")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return compare_command(args.old, args.new, args.threshold, args.markdown, args.json_path)
     if args.command == "merge":
         return merge_command(args.reports, args.markdown, args.json_path)
     if args.command == "plot":

@@ -220,6 +220,27 @@ OPTIONS: tuple[Option, ...] = (
         "list",
         "SPEC",
     ),
+    # issue 18: goldens, stored per model x stack class x dtype x technique (docs/goldens.md)
+    Option(
+        "golden",
+        "compare every parity and generation case with its stored golden in this folder (a missing one is a skip, "
+        "a failure under --infer-strict); docs/goldens.md",
+        "",
+        metavar="DIR",
+    ),
+    Option(
+        "golden_record",
+        "write the goldens missing from --infer-golden DIR (existing ones are compared, never overwritten)",
+        False,
+        "bool",
+    ),
+    Option(
+        "golden_regen",
+        "rewrite the goldens of the selected cases on purpose; the terminal lists what changed in each",
+        False,
+        "bool",
+    ),
+    Option("golden_top_k", "log-probabilities kept per position when a golden is written", 20, "int", "K"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 

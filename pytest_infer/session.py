@@ -37,7 +37,7 @@ from pytest_infer.progress import Progress
 from pytest_infer.reports.document import report_document, write_atomically
 from pytest_infer.reports.markdown import markdown_table
 from pytest_infer.reports.plot import missing_dependency, session_plot
-from pytest_infer.reports.terminal import catalogue_lines, terminal_summary
+from pytest_infer.reports.terminal import catalogue_lines, golden_summary_lines, terminal_summary
 from pytest_infer.runtime.capabilities import read_facts
 from pytest_infer.runtime.loading import ModelSource, resolve_device
 from pytest_infer.runtime.model_cache import ModelCache
@@ -236,6 +236,11 @@ class InferSession:
         terminalreporter.section(title)
         for line in lines:
             terminalreporter.write_line(line)
+        written = golden_summary_lines(self.results)  # goldens are never written without saying so
+        if written:
+            terminalreporter.section(f"pytest-infer: goldens ({self.config.golden})")
+            for line in written:
+                terminalreporter.write_line(line)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):

@@ -187,6 +187,7 @@ def detect_stack(device: str = "auto") -> Stack:
         cpu_name=cpu_name,
         cpu_count=_cpu_count(),
         host_memory_bytes=host_mem,
+        cpu_capability=_probe(lambda: str(torch.backends.cpu.get_cpu_capability()).lower()),
     )
     if kind == "cpu":
         return base
