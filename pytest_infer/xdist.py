@@ -32,7 +32,7 @@ import pytest
 from pytest_infer import options
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import ConfigError
-from pytest_infer.session import explicitly_loaded
+from pytest_infer.session import explicitly_loaded, ini_reader
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 PINNED = "PYTEST_INFER_PINNED"  # "gw1=2,3": what we set, so a second call (or a nested session) knows
@@ -106,11 +106,11 @@ def _gpus_per_worker(config: pytest.Config) -> int:
     opt = options.OPTION_BY_NAME["gpus_per_worker"]
     raw = config.getoption("infer_gpus_per_worker", None)
     source = "cli"
-    if raw is None or raw == "":
-        raw, source = config.getini(opt.ini), "ini"
-    if raw is None or raw == "":
-        return int(opt.default)
     try:
+        if raw is None or raw == "":
+            raw, source = ini_reader(config)(opt.ini), "ini"
+        if raw is None or raw == "" or raw == []:
+            return int(opt.default)
         return int(options.coerce(opt, raw, source))
     except ConfigError as exc:
         raise pytest.UsageError(f"pytest-infer: {exc}") from None
@@ -140,7 +140,10 @@ def _active(config: pytest.Config) -> bool:
     for opt in options.OPTIONS:
         if config.getoption("infer_" + opt.name, None) not in (None, "", []):
             return True
-        if config.getini(opt.ini) not in (None, "", []):
+        try:
+            if config.getini(opt.ini) not in (None, "", []):
+                return True
+        except pytest.UsageError:  # set, to a value pytest refuses: the session names it
             return True
     return False
 
