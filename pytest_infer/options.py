@@ -140,10 +140,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "compare_fail",
-        "fail a perf test whose metric regressed against the stored pytest-benchmark baseline, optionally for one "
-        "scenario: 'cpu_speedup:8%,load.cpu_speedup:30%,peak_memory:5%' (paired ratios for shared runners)",
+        "fail a perf test whose metric regressed against the stored pytest-benchmark run (--benchmark-compare's, "
+        "else the newest of this stack), by a percentage or an absolute amount in the metric's unit, optionally for "
+        "one scenario: 'cpu_speedup:8%,load.cpu_speedup:30%,peak_memory:50e6' (paired ratios for shared runners)",
         "",
-        metavar="[SCENARIO.]METRIC:PCT[,...]",
+        metavar="[SCENARIO.]METRIC:PCT%|VALUE[,...]",
     ),
     Option(
         "markdown",
