@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from pytest_infer import options
+from pytest_infer.core import nvml
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import ConfigError
 from pytest_infer.session import explicitly_loaded, ini_reader
@@ -88,10 +89,14 @@ def _devices(index: int, k: int) -> str:
 
 
 def count_gpus() -> int:
-    """NVIDIA GPUs on this machine, without initializing CUDA (and without importing torch)."""
+    """NVIDIA GPUs on this machine, without initializing CUDA (and without importing torch): ``/proc``, else NVML
+    (nvidia-ml-py, when installed), else ``nvidia-smi -L``."""
     nvidia = Path("/proc/driver/nvidia/gpus")
     if nvidia.is_dir():
         return sum(1 for _ in nvidia.iterdir())
+    counted = nvml.gpu_count()
+    if counted is not None:
+        return counted
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
