@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from _scripts import load_script
 
+from pytest_infer.__main__ import main
 from pytest_infer.perf.gate import Threshold, parse_compare_fail, regressions
 from pytest_infer.perf.stats import Paired
 from pytest_infer.perf.timing import Timer, calls_per_sample
@@ -225,7 +226,7 @@ def test_without_pytest_benchmark_the_suite_measures_decides_and_says_so(
 
 
 def test_stored_baselines_are_kept_per_stack_and_a_slower_technique_fails_its_test(
-    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytester.makeconftest(PLANTED_CONFTEST)
     decode = ("-k", "test_decode_speed")
@@ -233,6 +234,9 @@ def test_stored_baselines_are_kept_per_stack_and_a_slower_technique_fails_its_te
     first.assert_outcomes(passed=1, deselected=6)
     stored = list((pytester.path / ".benchmarks").glob("cpu-*/*/*.json"))
     assert len(stored) == 1, "the baseline is stored under .benchmarks/<stack key>/"
+    # `pytest-infer list` reads pytest-benchmark's real file: the run, under its stack
+    assert main(["list", "-s", str(pytester.path / ".benchmarks"), "--newest"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(stored[0])]
 
     # wide margins: this test runs beside others on a shared machine; the planted slowdown is 21x the CPU time.
     # cpu_speedup (~1 when unchanged) may drop by 0.5 in absolute terms, tokens/s by 60 %
