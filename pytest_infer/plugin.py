@@ -20,6 +20,7 @@ from pytest_infer.collection import Collection
 from pytest_infer.core.tolerance import Tolerance
 from pytest_infer.isolation import ExplainedFailures, Guards, NoBenchmark, isolate_args, wants_isolation
 from pytest_infer.markers import MARKERS
+from pytest_infer.noise import QuietBackends
 from pytest_infer.options import OPTIONS, ini_type
 from pytest_infer.parity.logits import LogitParityResult
 from pytest_infer.progress import Progress
@@ -77,6 +78,8 @@ def pytest_configure(config: pytest.Config) -> None:
     manager.register(ExplainedFailures(), "infer_explained_failures")
     manager.register(PerfSummary(session), "infer_perf_summary")
     _register_guards(config, session)
+    if session.active:  # backends import quietly; -v shows once what they said (noise.py)
+        manager.register(QuietBackends(), "infer_quiet_backends")
     if not manager.hasplugin("benchmark"):
         manager.register(NoBenchmark(), "infer_no_benchmark")  # the perf tests' `benchmark` is then None
     elif "perf" in session.config.suites or session.config.compare_fail:
@@ -135,6 +138,10 @@ def _show_catalogue(config: pytest.Config, session: pytest.Session) -> int:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    quiet = config.pluginmanager.get_plugin("infer_quiet_backends")
+    if quiet is not None:
+        quiet.close()
+        config.pluginmanager.unregister(quiet)
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()
