@@ -75,7 +75,7 @@ class InferSession:
         ini_file = str(config.inipath) if config.inipath else ""
         try:
             values, sources = options.resolve_raw(
-                lambda name: config.getoption("infer_" + name, None), config.getini, ini_file
+                lambda name: config.getoption("infer_" + name, None), ini_reader(config), ini_file
             )
             cfg = validation.build(values, sources, Path(str(config.rootpath)), ini_file)
             registry = _registry(config)
@@ -311,6 +311,22 @@ class InferSession:
         self.progress.close()
         if self._cache is not None:
             self._cache.clear()
+
+
+def ini_reader(config: pytest.Config) -> Callable[[str], Any]:
+    """``config.getini`` whose refusals (pytest's type check of a typed ini key) are :class:`ConfigError`, in pytest's
+    words less the file name it starts with (the caller adds the option and the file)."""
+
+    def read(name: str) -> Any:
+        try:
+            return config.getini(name)
+        except pytest.UsageError as exc:
+            text = str(exc)
+            if config.inipath is not None:
+                text = text.removeprefix(f"{config.inipath}: ")
+            raise ConfigError(text) from None
+
+    return read
 
 
 def explicitly_loaded(config: pytest.Config) -> bool:
