@@ -18,10 +18,12 @@ MARKERS = (
     "infer_not_selected: set by pytest-infer on a family test none of whose techniques is selected (deselected)",
     "infer_speedup(min=X, stack=None): the decode speedup over the baseline this technique must show (perf suite)",
     "infer_memory(max=X, stack=None, metric='weight_memory_ratio'): the memory ratio it must stay under (perf suite)",
+    "infer_quality(max=X, stack=None): the perplexity ratio against the reference this technique must stay under "
+    "(the quality tests)",
 )
 
 
-_NUMBER_KEYS = {"infer_speedup": "min", "infer_memory": "max"}
+_NUMBER_KEYS = {"infer_speedup": "min", "infer_memory": "max", "infer_quality": "max"}
 
 
 def marker_problem(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
@@ -44,7 +46,7 @@ def marker_problem(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
             usage += f" with metric one of {', '.join(MEMORY_METRICS)}"
         if args:
             return f"@pytest.mark.{name} takes keywords only, got {args!r}: {usage}"
-        unknown = sorted(set(kwargs) - {bound, "stack", "metric"})
+        unknown = sorted(set(kwargs) - {bound, "stack", *(() if name == "infer_quality" else ("metric",))})
         if unknown:
             return f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; {usage}"
         if bound not in kwargs:

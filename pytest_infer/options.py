@@ -242,6 +242,22 @@ OPTIONS: tuple[Option, ...] = (
         "bool",
     ),
     Option("golden_top_k", "log-probabilities kept per position when a golden is written", 20, "int", "K"),
+    # issue 17: lossy techniques, exact to their format and what the format costs (docs/tolerances.md)
+    Option(
+        "quality_text",
+        "text the quality check scores (UTF-8, a few thousand tokens the model was not trained on; default: the bundled "
+        "held-out prose)",
+        "",
+        metavar="FILE",
+    ),
+    Option(
+        "quality_budget",
+        "perplexity-ratio budgets, comma-separated: TECHNIQUE_OR_FAMILY=RATIO (e.g. 'quantization=1.05,bnb_nf4=1.2'); "
+        "they replace the techniques' own",
+        [],
+        "list",
+        "NAME=RATIO",
+    ),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
 

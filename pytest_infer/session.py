@@ -27,7 +27,7 @@ from pytest_infer.core.detect import detect_stack, validate_device
 from pytest_infer.core.errors import ConfigError, ExplainedFailure, TechniqueError
 from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.registry import Registry
-from pytest_infer.core.resources import default_prompts_file, read_prompts
+from pytest_infer.core.resources import default_prompts_file, quality_text, read_prompts
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance, parse_tolerance_spec
@@ -45,7 +45,12 @@ from pytest_infer.techniques import builtin_techniques
 from pytest_infer.xdist_results import is_xdist_worker
 
 SESSION_KEY = pytest.StashKey["InferSession"]()
-MARKER_NAMES = ("infer_tolerance", "infer_speedup", "infer_memory")  # what a check reads from its test's markers
+MARKER_NAMES = (
+    "infer_tolerance",
+    "infer_speedup",
+    "infer_memory",
+    "infer_quality",
+)  # what a check reads from its test's markers
 
 
 class InferSession:
@@ -396,6 +401,12 @@ def _validate(cfg: InferConfig, registry: Registry, ini_file: str) -> list[Techn
     if cfg.prompts:
         with blamed("prompts"):
             read_prompts(cfg.prompts)
+    for spec in cfg.quality_budget:
+        with blamed("quality_budget"):
+            registry.select([spec.partition("=")[0].strip()])
+    if cfg.quality_text:
+        with blamed("quality_text"):
+            quality_text(cfg.quality_text)
     if cfg.plot and (problem := missing_dependency()):
         raise ConfigError(f"--infer-plot {cfg.plot}: {problem}")
     for device in cfg.devices:

@@ -66,6 +66,19 @@ def validate_new_tokens(values: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def validate_quality_budget(specs: list[str]) -> tuple[str, ...]:
+    """NAME=RATIO items (a technique, family or stack name; the ratio a number >= 1)."""
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = float("nan")
+        if not sep or not name.strip() or not ratio >= 1.0:
+            raise ConfigError(f"{spec!r}: expected NAME=RATIO with a ratio >= 1 (e.g. quantization=1.05)")
+    return tuple(s.strip() for s in specs)
+
+
 def validate_padding(spec: str) -> str:
     if spec.strip().lower() == "auto":
         return "auto"
@@ -215,5 +228,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         golden_record=values["golden_record"],
         golden_regen=values["golden_regen"],
         golden_top_k=values["golden_top_k"],
+        quality_text=values["quality_text"],
+        quality_budget=check("quality_budget", validate_quality_budget, values["quality_budget"]),
         sources=dict(sources),
     )

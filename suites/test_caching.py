@@ -17,3 +17,15 @@ def test_cache_arguments_not_mutated(caching_technique, infer_parity):
 def test_kv_cache_memory(caching_technique, infer_parity):
     """KV bytes on the device vs. the dynamic cache at the same length, against kv_memory_ratio expectations."""
     infer_parity.assert_kv_memory(caching_technique)
+
+
+def test_cache_kernel_parity(caching_technique, infer_parity):
+    """A quantized cache computes what its format stores: generation with it against its simulated twin (the same
+    scheme's quantize-dequantize values, the same residual window), logits step by step."""
+    infer_parity.assert_cache_kernel(caching_technique)
+
+
+def test_cache_quality(caching_technique, infer_parity, benchmark):
+    """What the cache costs: perplexity ratio of the held-out text decoded token by token through the cache, against
+    the reference's dynamic cache, and greedy agreement, against the technique's budget."""
+    infer_parity.assert_quality(caching_technique, "decode", benchmark)

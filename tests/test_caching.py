@@ -44,9 +44,12 @@ def test_requested_cache_from_generate_arguments() -> None:
 def test_cpu_caches_pass_and_report_kv_bytes(run_infer) -> None:
     result = run_infer("--infer-suite", "generation", "--infer-technique", "caching", "--infer-new-tokens", "48", "-rs")
     out = result.stdout.str()
-    # dynamic, static, quanto 4/2, hqq 4, fp8: generation + 3 cache checks (+ no recompile test: none compiled)
-    result.assert_outcomes(passed=6 * 4, skipped=2 * 4)
+    # dynamic, static, quanto 4/2, hqq 4, fp8: generation + 3 cache checks + quality (+ no recompile test: none
+    # compiled); the four quantized caches against their simulated twins (dynamic and static: nothing to simulate)
+    result.assert_outcomes(passed=6 * 5 + 4, skipped=2 * 6 + 2)
     assert "offloaded_cache: needs a cuda device, running on cpu" in out
+    assert "dynamic_cache does not quantize its cache: nothing to simulate" in out
+    assert "pass ppl 1.000x" in out  # dynamic and static caches: lossless through the decode
     assert "pass agree" in out and "kv 0.2" in out  # lossy caches: greedy agreement; quantized KV ~0.25x
 
 
@@ -60,6 +63,8 @@ def test_caches_on_a_sliding_window_model(tmp_path_factory: pytest.TempPathFacto
         "dynamic_cache,static_cache",
         "--infer-new-tokens",
         "40",  # prompts of up to 48 tokens + 40: well past the window of 16
+        "-k",
+        "not kernel and not quality",
     )
     result.assert_outcomes(passed=2 * 4)
 
@@ -120,7 +125,7 @@ def test_planted_cache_faults_fail_with_the_reason(pytester: pytest.Pytester, ru
         "--infer-new-tokens",
         "24",
         "-k",
-        "cache",
+        "cache and not kernel and not quality",
     )
     out = result.stdout.str()
     result.assert_outcomes(passed=6, failed=3)
@@ -143,7 +148,7 @@ def test_kv_memory_that_measured_nothing_fails(tmp_path_factory: pytest.TempPath
     model = architectures.build("mamba-tiny", tmp_path_factory.getbasetemp() / "models")
     result = run_infer(
         f"--infer-model={model}", "--infer-suite", "generation", "--infer-technique", "dynamic_cache,static_cache",
-        "--infer-new-tokens", "8", "-k", "cache", "-rs",
+        "--infer-new-tokens", "8", "-k", "cache and not kernel and not quality", "-rs",
     )  # fmt: skip
     result.assert_outcomes(passed=3, failed=1, skipped=4)
     result.stdout.fnmatch_lines(
@@ -151,4 +156,50 @@ def test_kv_memory_that_measured_nothing_fails(tmp_path_factory: pytest.TempPath
             "*measured no key/value bytes: the dynamic cache holds layers LinearAttentionLayer (* bytes of recurrent state)*",
             "*static_cache: MambaForCausalLM keeps no key/value cache (layer_types: linear_attention x2)*",
         ]
+    )
+
+
+NO_RESIDUAL = """
+import contextlib
+
+from pytest_infer import Technique
+
+
+@contextlib.contextmanager
+def no_residual():
+    # a quantized cache that loses its residual window: every step re-quantizes what it just stored
+    from transformers.cache_utils import QuantizedLayer
+
+    original = QuantizedLayer.update
+
+    def update(self, *args, **kwargs):
+        self.residual_length = 0
+        return original(self, *args, **kwargs)
+
+    QuantizedLayer.update = update
+    try:
+        yield
+    finally:
+        QuantizedLayer.update = original
+
+
+def pytest_infer_register_techniques(registry):
+    q4 = registry.get("quantized_cache_quanto_4bit")
+    registry.add(Technique(name="planted_no_residual", family="caching", generate_kwargs=dict(q4.generate_kwargs),
+                           tolerances=q4.tolerances, expectations=q4.expectations, context=no_residual,
+                           requirements=q4.requirements, runner="generate"))
+"""
+
+
+def test_a_cache_that_loses_its_residual_window_fails_kernel_parity(pytester: pytest.Pytester, run_infer) -> None:
+    """The real 4-bit cache against its simulated twin: the same bits and groups, but the planted cache quantizes its
+    last 16 positions too."""
+    pytester.makeconftest(NO_RESIDUAL)
+    result = run_infer(
+        "--infer-suite", "generation", "--infer-technique", "quantized_cache_quanto_4bit,planted_no_residual",
+        "-k", "cache_kernel_parity",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*test_cache_kernel_parity?cpu-float32-planted_no_residual?*", "*cache kernel parity FAILED*"]
     )

@@ -1,7 +1,7 @@
 """Quantization techniques as users meet them: every CPU-capable scheme passes parity, storage and
 inference-mode checks on the embedded model; bnb 4-bit runs for real where the model's shapes allow; and
-planted faults (a zeroed layer, a silent float32 compute path, a config that quantizes nothing) fail
-with a message that says what is wrong."""
+planted faults (a kernel off its format, a format costing more than its budget, a silent float32 compute path, a
+config that quantizes nothing) fail with a message that says what is wrong."""
 
 from __future__ import annotations
 
@@ -23,19 +23,19 @@ AVX512_BF16 = "avx512_bf16" in cpu_flags()
 def test_every_cpu_scheme_passes_on_the_embedded_model(run_infer) -> None:
     result = run_infer("--infer-suite", "parity,generation", "--infer-technique", "quantization", "-rsx")
     out = result.stdout.str()
-    # bnb_8bit, torchao int8 (2), quanto int8/int4: logits, padding, generation, storage, inference mode
-    # (quanto_int4's inference mode is a known upstream defect: strict xfail)
+    # bnb_8bit, torchao int8 (2), quanto int8/int4: logits, padding, generation, storage, inference mode, kernel
+    # parity, quality (quanto_int4's inference mode is a known upstream defect: strict xfail)
     # bnb nf4/fp4: storage runs; their forwards xfail on AVX512-BF16 CPUs (known bnb defect) or pass
-    forward_checks = 4  # logits, padding, generation, inference mode
+    checks, forward_checks = 7, 6  # all but storage run a forward
     bnb4 = {"xfailed": 2 * forward_checks} if AVX512_BF16 else {}
-    passed = 5 * 5 - 1 + 2 + (0 if AVX512_BF16 else 2 * forward_checks)
-    result.assert_outcomes(passed=passed, skipped=3 * 5, xfailed=1 + bnb4.get("xfailed", 0))
+    passed = 5 * checks - 1 + 2 + (0 if AVX512_BF16 else 2 * forward_checks)
+    result.assert_outcomes(passed=passed, skipped=3 * checks, xfailed=1 + bnb4.get("xfailed", 0))
     assert "torchao_int4_weight_only: needs a cuda device, running on cpu" in out
     assert "torchao_float8_weight_only: needs a cuda device" in out
     assert "hqq_4bit: transformers 5.24.0 does not implement HQQ weight loading" in out
     assert "optimum-quanto <=0.2.7" in out
-    # the matrix: storage of the real bytes, greedy agreement for lossy techniques
-    assert "pass agree" in out and "storage" in out
+    # the matrix: storage of the real bytes, the kernel against its format, the perplexity ratio and its interval
+    assert "storage" in out and "kernel" in out and "pass ppl " in out
 
 
 def test_bnb_4bit_runs_where_the_layer_shapes_allow(tmp_path_factory: pytest.TempPathFactory, run_infer) -> None:
@@ -43,7 +43,7 @@ def test_bnb_4bit_runs_where_the_layer_shapes_allow(tmp_path_factory: pytest.Tem
     result = run_infer(
         f"--infer-model={model}", "--infer-suite", "parity,generation", "--infer-technique", "bnb_nf4,bnb_fp4"
     )
-    result.assert_outcomes(passed=2 * 5)
+    result.assert_outcomes(passed=2 * 7)
 
 
 def test_known_bnb_defect_is_keyed_to_model_shapes() -> None:
@@ -87,28 +87,29 @@ def test_storage_result_says_what_get_memory_footprint_hides() -> None:
 
 PLANTED = """
 import torch
-from transformers import BitsAndBytesConfig
+from transformers import BitsAndBytesConfig, QuantoConfig
 
 from pytest_infer import Technique
 from pytest_infer.core.technique import Lazy
 
 
-def zero_layer(model):
-    # a "quantization" that loses a layer's MLP weights
-    with torch.no_grad():
-        model.model.layers[2].mlp.down_proj.weight.zero_()
+def skew_layer(model):
+    # a kernel that does not compute what its format stores: one quantized layer's output off by 1 %
+    model.model.layers[2].mlp.down_proj.register_forward_hook(lambda module, args, out: out * 1.01)
     return model
 
 
 def pytest_infer_register_techniques(registry):
     int8 = registry.get("quanto_int8")
+    same = dict(family="quantization", tolerances=int8.tolerances, expectations=int8.expectations,
+                requirements=int8.requirements)
+    registry.add(Technique(name="planted_skewed_kernel", load_kwargs=int8.load_kwargs, prepare=skew_layer, **same))
+    registry.add(Technique(name="planted_unquantized", **same))
+    # an exact kernel whose format costs more than it promises: 2-bit weights under the 8-bit budget
     registry.add(Technique(
-        name="planted_zeroed_layer", family="quantization",
-        tolerances=int8.tolerances, expectations=int8.expectations, prepare=zero_layer,
-    ))
-    registry.add(Technique(
-        name="planted_unquantized", family="quantization",
-        tolerances=int8.tolerances, expectations=int8.expectations,
+        name="planted_int2_as_int8", load_kwargs={"quantization_config": Lazy(lambda: QuantoConfig(weights="int2"))},
+        inference_mode=False,  # quanto's packed 2/4-bit weights reject inference tensors (as quanto_int4)
+        **same,
     ))
     registry.add(Technique(
         name="planted_fp32_compute", family="quantization",
@@ -126,12 +127,27 @@ def test_planted_quantization_faults_fail_with_the_reason(
 ) -> None:
     pytester.makeconftest(PLANTED)
     model = architectures.build("qwen3-tiny", tmp_path_factory.getbasetemp() / "models")
-    zeroed = run_infer("--infer-suite", "parity", "--infer-technique", "planted_zeroed_layer,planted_unquantized")
-    out = zeroed.stdout.str()
-    assert "test_logit_parity[cpu-float32-planted_zeroed_layer] FAILED" in out or zeroed.ret == 1
-    assert "FAILED" in out and "planted_zeroed_layer" in out
-    assert "model.layers.2" in out  # localization names the layer that parted
-    assert "planted_unquantized" in out and "no module holds quantized weights" in out
+    planted = run_infer(
+        "--infer-suite",
+        "parity",
+        "--infer-technique",
+        "planted_skewed_kernel,planted_unquantized,planted_int2_as_int8",
+        "-k",
+        "kernel or quality or storage",
+        "-rA",
+    )
+    out = planted.stdout.str()
+    outcome = {t: planted_outcome(out, t) for t in ("kernel_parity", "quality", "weight_storage")}
+    # the skewed kernel: kernel parity fails naming the layer (its cost is within the 8-bit budget or not: not asked)
+    assert outcome["kernel_parity"]["planted_skewed_kernel"] == "FAILED"
+    assert "layer model.layers.2.mlp.down_proj (quanto): relative error" in out
+    # nothing quantized: kernel parity and storage say so
+    assert outcome["kernel_parity"]["planted_unquantized"] == "FAILED"
+    assert "no quantized layer in the model" in out and "no module holds quantized weights" in out
+    # int2 labelled as int8: the kernel is exact, the quality verdict is what fails, against the 8-bit budget
+    assert outcome["kernel_parity"]["planted_int2_as_int8"] == "PASSED"
+    assert outcome["quality"]["planted_int2_as_int8"] == "FAILED"
+    assert "lies wholly beyond the budget perplexity_ratio <= 1.03" in out
     fp32 = run_infer(
         f"--infer-model={Path(model)}",
         "--infer-dtype",
@@ -145,6 +161,17 @@ def test_planted_quantization_faults_fail_with_the_reason(
     )
     fp32.assert_outcomes(failed=1)
     assert "computes in torch.float32 while the model runs in torch.bfloat16" in fp32.stdout.str()
+
+
+def planted_outcome(out: str, test: str) -> dict[str, str]:
+    """technique -> PASSED/FAILED/SKIPPED of ``test_<test>[cpu-float32-<technique>]`` in a ``-rA`` summary."""
+    found = {}
+    for line in out.splitlines():
+        for word in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
+            marker = f"test_{test}[cpu-float32-"
+            if line.startswith(word) and marker in line:
+                found[line.split(marker, 1)[1].split("]", 1)[0]] = word
+    return found
 
 
 def test_coverage_counts_fused_experts_that_stay_in_full_precision(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pytest_infer.checks import verdict
 from pytest_infer.checks.caching import CacheChecks
 from pytest_infer.checks.compilation import RecompileResult, recompile_guard
 from pytest_infer.checks.context import CheckContext
 from pytest_infer.checks.golden import GoldenChecks
 from pytest_infer.checks.models import CaseModels
+from pytest_infer.checks.quality import QualityChecks
 from pytest_infer.checks.quantization import weight_storage
 from pytest_infer.checks.ranks import RankChecks
 from pytest_infer.core.case import Case
@@ -36,6 +38,7 @@ class ParityChecks:
         self.caches = CacheChecks(self.models)
         self.ranks = RankChecks(self.models)
         self.golden = GoldenChecks(self.models)
+        self.lossy = QualityChecks(self.models)
 
     @property
     def tokenizer(self) -> Any:
@@ -220,6 +223,22 @@ class ParityChecks:
 
     def assert_golden_generation(self, case: Case) -> GoldenResult:
         return self.models.decided(case, lambda: [self.golden_generation(case)])[0]
+
+    # lossy techniques: exact to their format, and what the format costs (see :mod:`pytest_infer.checks.quality`)
+    def assert_kernel(self, case: Case) -> Any:
+        return self.models.decided(case, lambda: [self.lossy.kernel(case)])[0]
+
+    def assert_cache_kernel(self, case: Case) -> Any:
+        return self.models.decided(case, lambda: [self.lossy.cache_kernel(case)])[0]
+
+    def assert_quality(self, case: Case, mode: str = "forward", benchmark: Any | None = None) -> Any:
+        """``mode``: ``forward`` (weights: every position in one forward) or ``decode`` (token by token through the
+        technique's cache); an interval that straddles the budget is inconclusive (skipped, as a speed claim)."""
+        with self.models.guard(case):
+            result = self.lossy.quality(case, mode, benchmark)
+            if result.verdict == "inconclusive":
+                verdict.inconclusive(result.message())
+            return verdict.passed([result])[0]
 
     def assert_rank_agreement(self, case: Case) -> Any:
         return self.ranks.assert_agreement(case)

@@ -53,6 +53,8 @@ class InferConfig:
     golden_record: bool = False
     golden_regen: bool = False
     golden_top_k: int = 20
+    quality_text: str = ""
+    quality_budget: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
     @property

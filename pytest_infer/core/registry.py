@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.expectation import Expectation
 from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.stack import ByStack, Stack
 from pytest_infer.core.technique import RUNNERS, ContextFactory, Technique
@@ -94,7 +95,7 @@ def compose(a: Technique, b: Technique) -> Technique:
         generate_kwargs=gen,
         requirements=req,
         tolerances=tolerances,
-        expectations=a.expectations + b.expectations,
+        expectations=_stacked_expectations(a.expectations, b.expectations),
         runner=max(a.runner, b.runner, key=_RUNNER_ORDER.__getitem__),
         context=context,
         setup=setup if setups else None,
@@ -202,3 +203,13 @@ class Registry:
                 t = self.get(entry)
                 chosen[t.name] = t
         return list(chosen.values())
+
+
+def _stacked_expectations(a: tuple[Expectation, ...], b: tuple[Expectation, ...]) -> tuple[Expectation, ...]:
+    """Both sides' expectations; where both state a perplexity-ratio budget valid everywhere, the stack's is their
+    product (two lossy formats compound their cost) in place of either."""
+    quality = [[e for e in side if e.metric == "perplexity_ratio" and not e.stacks and not e.dtypes] for side in (a, b)]
+    if not all(quality):
+        return a + b
+    budget = Expectation("perplexity_ratio", "<=", quality[0][0].value * quality[1][0].value)
+    return (*(e for e in a + b if e not in quality[0] + quality[1]), budget)

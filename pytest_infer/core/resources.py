@@ -51,22 +51,47 @@ def embedded_model_path() -> Path:
     return fixtures_dir() / "tiny-llama"
 
 
-def read_prompts(path: str) -> tuple[str, ...]:
-    """The prompts of a UTF-8 file, one per line ('#' starts a comment); a ConfigError says what is wrong."""
+def read_text(path: str, flag: str, what: str) -> str:
+    """A UTF-8 text file given to ``flag``; a ConfigError says what is wrong with it."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ConfigError(f"--infer-prompts {path}: is a directory; give a text file, one prompt per line")
+        raise ConfigError(f"{flag} {path}: is a directory; give a text file, {what}")
     if not p.is_file():
-        raise ConfigError(f"--infer-prompts {path}: no such file")
+        raise ConfigError(f"{flag} {path}: no such file")
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"--infer-prompts {path}: not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
+        raise ConfigError(f"{flag} {path}: not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
-        raise ConfigError(f"--infer-prompts {path}: cannot read it ({exc.strerror})") from None
+        raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+
+
+def read_prompts(path: str) -> tuple[str, ...]:
+    """The prompts of a UTF-8 file, one per line ('#' starts a comment); a ConfigError says what is wrong."""
+    text = read_text(path, "--infer-prompts", "one prompt per line")
     prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
     if not prompts:
         raise ConfigError(f"--infer-prompts {path}: no prompts (one prompt per line, '#' starts a comment)")
     return prompts
+
+
+MIN_QUALITY_WORDS = 200  # two chunks of 128 tokens need at least this much prose
+
+
+def quality_text(path: str = "") -> tuple[str, str]:
+    """(text, where it came from) of the quality check: ``path`` (``--infer-quality-text``) or the bundled text."""
+    if not path:
+        return default_quality_text().read_text(encoding="utf-8"), "the bundled held-out text"
+    text = read_text(path, "--infer-quality-text", "a few thousand tokens of prose")
+    if len(text.split()) < MIN_QUALITY_WORDS:
+        raise ConfigError(
+            f"--infer-quality-text {path}: {len(text.split())} words; the quality check cuts the text into chunks of "
+            f"128 tokens and needs at least two (a few thousand tokens for a useful interval)"
+        )
+    return text, path
+
+
+def default_quality_text() -> Path:
+    """The held-out text of the quality check (hand-written prose; none of its 8-word sequences is in the embedded
+    model's training corpus)."""
+    return fixtures_dir() / "texts" / "quality.txt"

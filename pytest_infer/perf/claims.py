@@ -13,6 +13,7 @@ from typing import Any
 
 from pytest_infer.core.errors import ExplainedFailure
 from pytest_infer.core.expectation import Expectation, select_expectations
+from pytest_infer.core.intervals import decide
 from pytest_infer.core.stack import Stack
 from pytest_infer.perf.result import PerfResult
 from pytest_infer.perf.stats import Paired
@@ -26,14 +27,11 @@ MEMORY_METRICS = (
     "kv_memory_ratio",
 )
 # marker -> (metric, op); "{scenario}" is the scenario of the test the marker is on (decode, prefill...)
-MARKER_METRICS = {"infer_speedup": ("{scenario}_speedup", ">="), "infer_memory": ("weight_memory_ratio", "<=")}
-
-
-def decide(low: float, high: float, threshold: float, op: str) -> str:
-    """'pass', 'fail' or 'inconclusive' for a claim ``measured op threshold`` known to lie in [low, high]."""
-    if op == ">=":
-        return "pass" if low >= threshold else "fail" if high < threshold else "inconclusive"
-    return "pass" if high <= threshold else "fail" if low > threshold else "inconclusive"
+MARKER_METRICS = {
+    "infer_speedup": ("{scenario}_speedup", ">="),
+    "infer_memory": ("weight_memory_ratio", "<="),
+    "infer_quality": ("perplexity_ratio", "<="),  # the quality check's budget
+}
 
 
 def holds(expectation: Expectation, measured: float | None) -> bool:

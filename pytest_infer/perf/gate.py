@@ -27,10 +27,12 @@ METRICS = {
     "weight_bytes": -1,
     "kv_bytes": -1,
     "compile_s": -1,
+    "perplexity_ratio": -1,  # the quality tests (suites' test_quality, test_cache_quality)
+    "greedy_agreement": 1,
 }
 
 
-SCENARIOS = ("load", "decode", "prefill", "ttft", "memory", "batching")
+SCENARIOS = ("load", "decode", "prefill", "ttft", "memory", "batching", "quality")
 
 
 @dataclass(frozen=True)

@@ -8,43 +8,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# two-sided 95 % Student t quantiles by degrees of freedom (1..30); beyond: normal
-_T95 = [
-    12.71,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
-
-
-def t95(dof: int) -> float:
-    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+from pytest_infer.core.intervals import t95
 
 
 @dataclass

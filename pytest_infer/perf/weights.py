@@ -89,10 +89,12 @@ class WeightStorageResult:
             f"vs {self.baseline_weight_bytes:,} for {self.baseline} ({self.dtype}) on {self.device}: "
             f"{self.ratio:.3f}x",
         ]
+        tables = self.coverage.stored.get("lookup_tables", 0) if self.coverage is not None else 0
         if self.layers_ratio is not None:
             lines.append(
                 f"  the {len(self.quantized_modules)} quantized layers alone: {self.layers_ratio:.3f}x "
                 f"({self.quantized_layer_bytes:,} vs {self.baseline_layer_bytes:,} bytes)"
+                + (f", and {tables:,} bytes of code maps, the same for a layer of any size" if tables else "")
             )
         for e in self.expectations:
             m = self.measured(e.metric)

@@ -13,6 +13,8 @@ CHECK_COLUMNS = (
     "logits",
     "padding",
     "generation",
+    "kernel",
+    "quality",
     "golden",
     "ranks",
     "batching",
@@ -40,6 +42,12 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         return ""
     if results[0].get("check") == "golden":
         return _golden_cell(results, verdict)
+    if results[0].get("check") == "kernel":
+        # a lossy technique against its own format: the worst relative error, as a share of its bound
+        worst = max(r.get("metrics", {}).get("max_relative_error", float("nan")) for r in results)
+        return f"{verdict} {worst:.2g}"
+    if results[0].get("check") == "quality":
+        return _quality_cell(results)
     if results[0].get("check") == "ranks":
         return f"{verdict} {int(sum(r['metrics']['disagreements'] for r in results))} diff"
     if results[0].get("check") == "cache":
@@ -59,6 +67,18 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
     worst = max(r.get("metrics", {}).get("max_abs", float("nan")) for r in results)
     suffix = f" {passed}/{len(results)}" if len(results) > 1 else ""
     return f"{verdict} {worst:.2g}{suffix}"
+
+
+def _quality_cell(results: list[Mapping[str, Any]]) -> str:
+    """The worst verdict and perplexity ratio (with its interval's upper end) of a lossy technique's quality runs."""
+    verdicts = {str(r.get("verdict", "pass" if r.get("passed") else "fail")) for r in results}
+    verdict = "FAIL" if "fail" in verdicts else "?" if verdicts - {"pass"} else "pass"
+    ratios = [r["metrics"] for r in results if "perplexity_ratio" in r.get("metrics", {})]
+    if not ratios:
+        return verdict
+    worst = max(ratios, key=lambda m: m["perplexity_ratio"])
+    high = worst.get("perplexity_ratio_high")
+    return f"{verdict} ppl {worst['perplexity_ratio']:.3f}x" + (f" (<{high:.3f})" if high is not None else "")
 
 
 def _golden_cell(results: list[Mapping[str, Any]], verdict: str) -> str:

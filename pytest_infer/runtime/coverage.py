@@ -42,7 +42,8 @@ class Coverage:
     @property
     def quantized_ratio(self) -> float | None:
         """Stored bytes of the quantized linear and expert weights (scales included) over the same weights
-        unquantized: a property of the scheme (biases and norms apart), None when nothing is quantized."""
+        unquantized: a property of the scheme (biases, norms and bitsandbytes' constant-size code maps apart), None
+        when nothing is quantized."""
         cats = ("linear_quantized", "experts_quantized")
         logical = sum(self.logical.get(c, 0) for c in cats)
         return sum(self.stored.get(c, 0) for c in cats) / logical if logical else None
@@ -70,8 +71,12 @@ def is_quantized(t: Any) -> bool:
     return not t.dtype.is_floating_point
 
 
+TABLES = "lookup_tables"  # bitsandbytes' per-layer code maps: a constant size per layer, not per weight
+
+
 def _inner(t: Any) -> list[Any]:
-    """The plain tensors holding ``t``'s storage (torchao / quanto subclasses unwrapped, bitsandbytes side tensors)."""
+    """The plain tensors holding ``t``'s storage (torchao / quanto subclasses unwrapped, bitsandbytes side tensors),
+    without bitsandbytes' code maps (:func:`_tables`)."""
     names = None
     if type(t).__name__ not in ("Tensor", "Parameter") and hasattr(t, "__tensor_flatten__"):
         try:
@@ -85,7 +90,18 @@ def _inner(t: Any) -> list[Any]:
         out.append(t.SCB)
     state = getattr(t, "quant_state", None)
     while state is not None:
-        out.extend(s for name in ("absmax", "code", "offset") if (s := getattr(state, name, None)) is not None)
+        out.extend(s for name in ("absmax", "offset") if (s := getattr(state, name, None)) is not None)
+        state = getattr(state, "state2", None)
+    return out
+
+
+def _tables(t: Any) -> list[Any]:
+    """bitsandbytes' code maps of ``t`` (16 values for nf4/fp4, 256 for the nested state of double quantization): the
+    same bytes for a layer of any size, so they are counted apart (a 64-wide layer would otherwise double its ratio)."""
+    out, state = [], getattr(t, "quant_state", None)
+    while state is not None:
+        if (code := getattr(state, "code", None)) is not None:
+            out.append(code)
         state = getattr(state, "state2", None)
     return out
 
@@ -107,6 +123,28 @@ def _category(module: Any, pname: str, p: Any, emb_in: Any, emb_out: Any) -> str
     return "other"
 
 
+def _logical_numel(p: Any) -> int:
+    """Values ``p`` stands for: a bitsandbytes 4-bit weight is stored packed, two values a byte, [n/2, 1] uint8,
+    and its quant_state holds the real shape (counting the packed tensor halved the unquantized size)."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return int(shape.numel()) if shape is not None else int(p.numel())
+
+
+def _new_bytes(tensors: list[Any], seen_storage: set[int]) -> int:
+    """Bytes of ``tensors`` whose storage was not counted yet (tied or shared storage counts once)."""
+    nbytes = 0
+    for t in tensors:
+        try:
+            key = t.untyped_storage().data_ptr()
+        except Exception:
+            key = id(t)
+        if key and key in seen_storage:
+            continue
+        seen_storage.add(key)
+        nbytes += t.numel() * t.element_size()
+    return nbytes
+
+
 def weight_coverage(model: Any) -> Coverage:
     """Every parameter of ``model`` filed by category (tied parameters and shared storage counted once)."""
     float_size = next((p.element_size() for p in model.parameters() if not is_quantized(p)), 4)
@@ -123,17 +161,10 @@ def weight_coverage(model: Any) -> Coverage:
                 continue
             seen_params.add(id(p))
             category = _category(module, pname, p, emb_in, emb_out)
-            nbytes = 0
-            for t in _inner(p):
-                try:
-                    key = t.untyped_storage().data_ptr()
-                except Exception:
-                    key = id(t)
-                if key and key in seen_storage:
-                    continue  # tied or shared storage
-                seen_storage.add(key)
-                nbytes += t.numel() * t.element_size()
+            nbytes = _new_bytes(_inner(p), seen_storage)
+            if tables := _new_bytes(_tables(p), seen_storage):
+                stored[TABLES] += tables
             stored[category] += nbytes
-            logical[category] += p.numel() * float_size if nbytes else 0
+            logical[category] += _logical_numel(p) * float_size if nbytes else 0
             examples.setdefault(category, f"{mname}.{pname}" if mname else pname)
     return Coverage(dict(stored), dict(logical), examples)

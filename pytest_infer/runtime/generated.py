@@ -46,3 +46,15 @@ def output_cache(out: Any) -> Any:
         if name in fields:
             return getattr(out, name)
     return getattr(out, "cache", None)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword a cache is passed by to ``forward``/``generate``: ``cache`` where the model's forward declares it
+    (Transformers 5.2x; ``past_key_values`` there is deprecated and logs a warning), ``past_key_values`` before."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"

@@ -17,17 +17,19 @@ def _quantized(backend: str, nbits: int | None = None) -> dict[str, object]:
     return {"cache_implementation": "quantized", "cache_config": config}
 
 
-def _lossy(min_greedy: float) -> dict[str, Tolerance]:
-    """A quantized KV cache changes every attention read: generation is held to a greedy agreement bound
-    (share of tokens matching the dynamic-cache reference before each row diverges), measured on the
-    embedded model in float32 (docs/techniques.md) with margin; tie_margin as for float32."""
-    t = Tolerance(min_greedy=min_greedy, tie_margin=1e-3)
+def _lossy() -> dict[str, Tolerance]:
+    """A quantized KV cache changes every attention read after the prompt: generation parity keeps only a coarse net
+    (it must generate; no agreement bound); the verdicts are test_cache_kernel_parity (the cache against its simulated
+    twin) and test_cache_quality (perplexity ratio through the cache against its budget; docs/tolerances.md)."""
+    t = Tolerance(min_greedy=0.0, tie_margin=1e-3)
     return dict.fromkeys(("float32", "bfloat16", "float16"), t)
 
 
-def _kv(ratio: float) -> tuple[Expectation, ...]:
-    """KV bytes held on the device vs. the dynamic cache at the same length (suites/test_caching.py)."""
-    return (Expectation("kv_memory_ratio", "<=", ratio),)
+def _kv(ratio: float, quality: float | None = None) -> tuple[Expectation, ...]:
+    """KV bytes held on the device vs. the dynamic cache at the same length (suites/test_caching.py), and for a
+    quantized cache its perplexity-ratio budget (test_cache_quality; docs/tolerances.md)."""
+    budget = () if quality is None else (Expectation("perplexity_ratio", "<=", quality),)
+    return (Expectation("kv_memory_ratio", "<=", ratio), *budget)
 
 
 def builtin() -> list[Technique]:
@@ -79,8 +81,8 @@ def builtin() -> list[Technique]:
             description="QuantizedCache, quanto, 4 bits",
             generate_kwargs=_quantized("quanto", 4),
             requirements=Requirements(packages=(("optimum-quanto", ">=0.2.5"),)),
-            expectations=_kv(0.6),
-            tolerances=_lossy(0.3),  # measured 0.51 (64 tokens), 0.71 (16)
+            expectations=_kv(0.6, 1.10),
+            tolerances=_lossy(),
             runner="generate",
         ),
         Technique(
@@ -89,8 +91,8 @@ def builtin() -> list[Technique]:
             description="QuantizedCache, quanto, 2 bits",
             generate_kwargs=_quantized("quanto", 2),
             requirements=Requirements(packages=(("optimum-quanto", ">=0.2.5"),)),
-            expectations=_kv(0.35),
-            tolerances=_lossy(0.04),  # measured 0.076 (64 tokens), 0.29 (16): 2 bits barely track this model
+            expectations=_kv(0.35, 3.5),
+            tolerances=_lossy(),
             runner="generate",
         ),
         Technique(
@@ -99,8 +101,8 @@ def builtin() -> list[Technique]:
             description="QuantizedCache, HQQ, 4 bits",
             generate_kwargs=_quantized("hqq", 4),
             requirements=Requirements(packages=(("hqq", ""),)),
-            expectations=_kv(0.6),
-            tolerances=_lossy(0.2),  # measured 0.385 (64 tokens), 0.59 (16)
+            expectations=_kv(0.6, 1.10),
+            tolerances=_lossy(),
             runner="generate",
         ),
         Technique(
@@ -109,8 +111,8 @@ def builtin() -> list[Technique]:
             description="QuantizedCache, float8 e4m3 per tensor (no residual)",
             generate_kwargs=_quantized("fp8"),
             requirements=Requirements(custom=(_has_fp8_cache,)),
-            expectations=_kv(0.6),
-            tolerances=_lossy(0.3),  # measured 0.553 (64 tokens), 0.77 (16)
+            expectations=_kv(0.6, 1.03),
+            tolerances=_lossy(),
             runner="generate",
         ),
     ]

@@ -7,8 +7,9 @@ the case id (``cpu-bfloat16-bnb_nf4``) is the compute dtype, and :func:`check_co
 loading that the quantized layers really compute in it (bitsandbytes defaults 4-bit layers to float32
 compute, a silent slow path).
 
-Tolerances are fixed per scheme (quantization is lossy: the noise floor of the reference does not
-apply) and come from measurement on the embedded model (docs/quantization.md, ``scripts/measure_quantization.py``).
+Lossy formats get two verdicts of their own (docs/tolerances.md): kernel parity (each quantized layer against its own
+dequantized weights, bounded by float noise) and quality (perplexity ratio against a budget per technique); logit and
+generation parity keep only a coarse net.
 Expectations bound the real weight storage (quantized tensor subclasses unwrapped, see
 :func:`pytest_infer.measure.weight_bytes`) as a ratio of the unquantized model's.
 """
@@ -133,13 +134,23 @@ def check_compute_dtype(model: Any) -> Any:
     return model
 
 
-def _tol(max_kl: float, mean_kl: float, min_top1: float, tie_margin: float, min_greedy: float) -> dict[str, Any]:
-    """One lossy bound for every dtype: quantization error dominates the dtype's own noise."""
-    base = Tolerance(max_kl=max_kl, mean_kl=mean_kl, min_top1=min_top1, tie_margin=tie_margin, min_greedy=min_greedy)
+def _net() -> dict[str, Any]:
+    """The coarse net of logit and generation parity for a lossy format, every dtype: mean KL per position at most
+    4 nats (measured on the embedded model: int8 0.005, 4-bit 0.19; a zeroed or garbage model is far beyond), no
+    top-1 or greedy bound.
+    What a format may cost is the quality check's budget; whether its kernels are right, kernel parity's."""
+    base = Tolerance(mean_kl=4.0, min_top1=None, tie_margin=1.0, min_greedy=0.0)
     return dict.fromkeys(("float32", "bfloat16", "float16"), base)
 
 
+EIGHT_BIT = 1.03  # perplexity-ratio budgets (docs/tolerances.md): measured on the embedded model and the configs
+FOUR_BIT = 1.5
 COVERED = 0.9  # the share of linear + fused-expert weights a weight format must really store quantized
+
+
+def _quality(budget: float) -> tuple[Expectation, ...]:
+    """The perplexity-ratio budget of the quality check (suites/test_quantization.py::test_quality)."""
+    return (Expectation("perplexity_ratio", "<=", budget),)
 
 
 def _storage(float32: float, half: float) -> tuple[Expectation, ...]:
@@ -206,11 +217,9 @@ def builtin() -> list[Technique]:
     placed = {"device_map": Lazy(_device_map, "the run's device")}
     # Storage of the quantized layers vs. unquantized (float32 / 16-bit), measured on the embedded model:
     # int8 0.257 / 0.513 (bnb, torchao, quanto), 4-bit 0.141 / 0.283 (bnb nf4/fp4), 0.152 / 0.277 (quanto)
-    # Bounds: measured on the embedded model (docs/quantization.md) x ~2.5, top-1 over decisive positions.
-    # int8 measured (max over schemes, fp32/bf16): max_kl 0.056, mean_kl 0.0048, top-1 1.0, greedy 1.0
-    int8 = _tol(max_kl=0.15, mean_kl=0.015, min_top1=0.95, tie_margin=1.0, min_greedy=0.9)
-    # int4 measured (quanto int4): max_kl 1.44, mean_kl 0.19, top-1 0.667, greedy agreement 0.678 at 64 tokens
-    int4 = _tol(max_kl=4.0, mean_kl=0.5, min_top1=0.5, tie_margin=1.0, min_greedy=0.5)
+    # Logit and generation parity of a lossy format: only a coarse net far from any real case (a broken load, a
+    # garbage model); the verdicts are test_kernel_parity (exact to its format) and test_quality (its cost).
+    int8 = int4 = _net()
     return [
         Technique(
             name="bnb_8bit",
@@ -219,7 +228,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _bnb(8), **placed},
             requirements=bnb,
             tolerances=int8,
-            expectations=_storage(0.27, 0.53),
+            expectations=_storage(0.27, 0.53) + _quality(EIGHT_BIT),
             applies=_weight_used_outside_linear,
         ),
         Technique(
@@ -229,7 +238,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _bnb(4, "nf4"), **placed},
             requirements=bnb,
             tolerances=int4,
-            expectations=_storage(0.16, 0.30),
+            expectations=_storage(0.16, 0.30) + _quality(FOUR_BIT),
             prepare=check_compute_dtype,
             applies=_weight_used_outside_linear,
         ),
@@ -240,7 +249,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _bnb(4, "fp4"), **placed},
             requirements=bnb,
             tolerances=int4,
-            expectations=_storage(0.16, 0.30),
+            expectations=_storage(0.16, 0.30) + _quality(FOUR_BIT),
             prepare=check_compute_dtype,
             applies=_weight_used_outside_linear,
         ),
@@ -251,7 +260,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _torchao("Int8WeightOnlyConfig"), **placed},
             requirements=torchao,
             tolerances=int8,
-            expectations=_storage(0.27, 0.53),
+            expectations=_storage(0.27, 0.53) + _quality(EIGHT_BIT),
             applies=_weight_swapped_in_place,
         ),
         Technique(
@@ -261,7 +270,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _torchao("Int8DynamicActivationInt8WeightConfig"), **placed},
             requirements=torchao,
             tolerances=int8,
-            expectations=_storage(0.27, 0.53),
+            expectations=_storage(0.27, 0.53) + _quality(EIGHT_BIT),
             applies=_weight_swapped_in_place,
         ),
         Technique(
@@ -271,7 +280,8 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _torchao("Int4WeightOnlyConfig", group_size=64), **placed},
             requirements=torchao_cuda,
             tolerances=int4,
-            expectations=_storage(0.16, 0.32),  # packed int4 + bf16 scale and zero per 64: 0.281 of bf16
+            expectations=_storage(0.16, 0.32)
+            + _quality(FOUR_BIT),  # packed int4 + bf16 scale and zero per 64: 0.281 of bf16
             applies=_weight_swapped_in_place,
         ),
         Technique(
@@ -283,7 +293,7 @@ def builtin() -> list[Technique]:
                 packages=(("torchao", ">=0.12"),), device_kinds=frozenset({"cuda"}), min_compute_capability=(8, 9)
             ),
             tolerances=int8,
-            expectations=_storage(0.27, 0.53),
+            expectations=_storage(0.27, 0.53) + _quality(EIGHT_BIT),
             applies=_weight_swapped_in_place,
         ),
         Technique(
@@ -293,7 +303,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _quanto("int8"), **placed},
             requirements=quanto,
             tolerances=int8,
-            expectations=_storage(0.27, 0.53),
+            expectations=_storage(0.27, 0.53) + _quality(EIGHT_BIT),
             applies=_quanto_applies,
         ),
         Technique(
@@ -303,7 +313,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _quanto("int4"), **placed},
             requirements=quanto,
             tolerances=int4,
-            expectations=_storage(0.16, 0.30),
+            expectations=_storage(0.16, 0.30) + _quality(FOUR_BIT),
             # quanto's packed int4 weights fail under torch.inference_mode (known issue; the inference-mode
             # check keeps testing it): parity runs under no_grad, as generate() does
             inference_mode=False,
@@ -316,7 +326,7 @@ def builtin() -> list[Technique]:
             load_kwargs={"quantization_config": _hqq(4), **placed},
             requirements=Requirements(custom=(hqq_usable,)),
             tolerances=int4,
-            expectations=_storage(0.16, 0.30),
+            expectations=_storage(0.16, 0.30) + _quality(FOUR_BIT),
             applies=_hqq_applies,
         ),
     ]
