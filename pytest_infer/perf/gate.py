@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pytest_infer.core.numbers import NumberError, parse_real, why
+
 # metric -> direction: +1 bigger is better, -1 smaller is better. A rule applies to every perf test whose result
 # has the metric (speedup, cpu_speedup, median_s: every timed scenario; tokens_per_s: decode, prefill, batching;
 # weight_bytes: decode, memory...); SCENARIO.METRIC applies to that scenario's tests only, over the plain rule.
@@ -42,9 +44,12 @@ def parse_compare_fail(spec: str) -> dict[str, float]:
                 f"for one scenario's tests, with SCENARIO one of {', '.join(SCENARIOS)})"
             )
         try:
-            rules[name] = float(pct[:-1]) / 100.0
-        except ValueError:
-            raise ValueError(f"{part!r}: {pct!r} is not a percentage") from None
+            percent = parse_real(pct[:-1])
+        except NumberError as exc:
+            raise ValueError(f"{part!r}: {pct!r} is not a percentage{why(exc)}") from None
+        if not 0 <= percent <= 1000:
+            raise ValueError(f"{part!r}: {pct!r} must lie between 0% and 1000%")
+        rules[name] = percent / 100.0
     return rules
 
 
