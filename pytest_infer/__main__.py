@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from pytest_infer.core.detect import detect_stack
+from pytest_infer.core.paths import collision
 from pytest_infer.options import OPTIONS
 from pytest_infer.reports.document import write_atomically
 from pytest_infer.reports.merge import ReportError, load_reports, merge_reports, merged_markdown
@@ -57,6 +58,10 @@ def merge_command(reports: list[str], markdown: str | None, json_path: str | Non
     the Markdown when neither file is asked for)."""
     from pathlib import Path
 
+    clash = collision([("--markdown", markdown or ""), ("--json", json_path or "")], [("input", r) for r in reports])
+    if clash is not None:
+        sys.stderr.write(f"pytest-infer merge: {clash}\n")
+        return 2
     try:
         merged = merge_reports(load_reports(reports))
     except ReportError as exc:
@@ -85,6 +90,10 @@ def plot_command(report: str, output: str | None) -> int:
     from pathlib import Path
 
     target = output or str(Path(report).with_suffix(".png"))
+    clash = collision([("--output", target)], [("input", report)])
+    if clash is not None:
+        sys.stderr.write(f"pytest-infer plot: {clash}\n")
+        return 2
     try:
         ((_, document),) = load_reports([report])
         written = write_plot(document, target)
