@@ -16,6 +16,7 @@ from pytest_infer.checks.ranks import cached_preflight
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import TechniqueError
 from pytest_infer.core.known_issues import CHECKS, known_issue
+from pytest_infer.core.redact import mask
 from pytest_infer.core.resources import SUITE_FILES, suites_dir
 from pytest_infer.core.technique import FAMILIES
 from pytest_infer.markers import marker_problem
@@ -156,6 +157,20 @@ class Collection:
             items[:] = [i for i in items if i.get_closest_marker("infer_not_selected") is None]
         self._group_by_case(items)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Inputs the model cannot take (a prompt longer than its positions, a vocabulary smaller than its
+        tokenizer) stop the session before any test runs: a usage error, known once the tokenizer loads."""
+        if self.pytest_config.option.collectonly or not any(map(_runs_the_model, session.items)):
+            return
+        problem = self.session.input_problem()
+        if problem is None:
+            return
+        if hasattr(self.pytest_config, "workerinput"):  # a usage error here would be xdist's INTERNALERROR
+            self.session.refusal = mask(problem)  # each test that runs the model errors with it instead
+            return
+        raise pytest.UsageError(f"pytest-infer: {mask(problem)}")
+
     def _group_by_case(self, items: list[pytest.Item]) -> None:
         """In each bundled suite file, a technique's tests run one after the other (techniques in the order
         selected, tests in the file's order), the
@@ -206,6 +221,14 @@ class Collection:
 @functools.lru_cache(maxsize=1)
 def suites_dir_cached() -> Path:
     return suites_dir()
+
+
+MODEL_FIXTURES = frozenset({"infer_tokenizer", "infer_parity", "infer_perf", "infer_batching", "infer_model_loader"})
+
+
+def _runs_the_model(item: pytest.Item) -> bool:
+    """Whether ``item`` runs the model on the session's prompts (a case of a check, or a fixture that does)."""
+    return _item_case(item) is not None or not MODEL_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def _item_case(item: pytest.Item) -> Case | None:

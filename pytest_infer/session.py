@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
+import sys
 import time
 import types
 import weakref
@@ -25,18 +25,22 @@ from pytest_infer.core.case import Case
 from pytest_infer.core.config import InferConfig
 from pytest_infer.core.detect import detect_stack, validate_device
 from pytest_infer.core.errors import ConfigError, ExplainedFailure, TechniqueError
+from pytest_infer.core.redact import mask
 from pytest_infer.core.registry import Registry
 from pytest_infer.core.resources import default_prompts_file, read_prompts
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance, parse_tolerance_spec
 from pytest_infer.core.version import __version__
+from pytest_infer.outputs import Outputs, check_outputs
+from pytest_infer.parity.padding import parse_sweep
 from pytest_infer.progress import Progress
-from pytest_infer.reports.document import report_document, write_atomically
+from pytest_infer.reports.document import report_document
 from pytest_infer.reports.markdown import markdown_table
-from pytest_infer.reports.plot import missing_dependency, session_plot
+from pytest_infer.reports.plot import missing_dependency
 from pytest_infer.reports.terminal import catalogue_lines, terminal_summary
-from pytest_infer.runtime.loading import ModelSource, resolve_device
+from pytest_infer.runtime.checkpoint import loaded_config, prompt_problem, read_config, vocabulary_problem
+from pytest_infer.runtime.loading import ModelSource, load_tokenizer, resolve_device
 from pytest_infer.runtime.model_cache import ModelCache
 from pytest_infer.techniques import builtin_techniques
 from pytest_infer.xdist_results import is_xdist_worker
@@ -56,6 +60,9 @@ class InferSession:
         self.stored_runs: StoredRuns | None = None  # pytest-benchmark's stored run (bench.py), when loaded
         self.stack_mismatch = ""
         self.outcomes: list[dict[str, Any]] = []
+        self.interrupted = False
+        self.refusal = ""  # why the model cannot take this run's inputs (set at collection on xdist workers)
+        self._running: str | None = None  # the test running now (reported as interrupted on Ctrl-C)
         self.progress: Progress = Progress(0)  # the plugin installs the terminal's (see progress.py)
         # perf: per resident model, the scenarios it has run and its first call's seconds (checks/measure.py)
         self.first_calls: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
@@ -77,8 +84,9 @@ class InferSession:
             cfg = validation.build(values, sources, Path(str(config.rootpath)), ini_file)
             registry = _registry(config)
             techniques = _validate(cfg, registry, ini_file)
+            check_outputs(cfg, config)
         except (ConfigError, TechniqueError) as exc:
-            raise pytest.UsageError(f"pytest-infer: {exc}") from None
+            raise pytest.UsageError(f"pytest-infer: {mask(str(exc))}") from None
         session = cls(config, cfg, registry)
         session.selected = techniques
         if session.active:
@@ -118,13 +126,33 @@ class InferSession:
     def model_config(self) -> dict[str, Any]:
         """The model's config.json as a dict when it is a local directory ({} for a hub id: not fetched at
         collection); known upstream defects keyed to model shapes read it."""
-        path = Path(self.config.model) / "config.json"
+        return read_config(self.config.model)
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (left padding), loaded once per session; on an xdist worker, the refusal of
+        inputs the model cannot take (:meth:`input_problem`) fails every test that asks for it."""
+        if self.refusal:
+            raise ExplainedFailure(f"pytest-infer: {self.refusal}")
+        return self.cache.tensor(("tokenizer", self.source), lambda: load_tokenizer(self.source))
+
+    def input_problem(self) -> str | None:
+        """What the model cannot take of this run's inputs, known once its tokenizer loads: a vocabulary smaller
+        than the tokenizer's, or a prompt that with the new (or pad) tokens exceeds its positions. None when
+        they fit, or when the tokenizer does not load (its fixture reports that)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        text = data.get("text_config")
-        return {**data, **text} if isinstance(text, dict) else data
+            tokenizer = self.tokenizer()
+        except ExplainedFailure:
+            return None
+        cfg = self.config
+        config = loaded_config(cfg.model, cfg.trust_remote_code)
+        problem = vocabulary_problem(self.source.label, config, len(tokenizer))
+        if problem is not None:
+            return f"--infer-model {self.source.label}: {problem}"
+        counts = [len(tokenizer(p)["input_ids"]) for p in self.prompts]
+        new_tokens = max((*cfg.new_tokens, *((cfg.perf_new_tokens,) if "perf" in cfg.suites else ())))
+        pad_extra = max(p.extra for p in parse_sweep(cfg.padding))
+        name = f"--infer-prompts {cfg.prompts}" if cfg.prompts else f"the bundled prompts ({default_prompts_file()})"
+        return prompt_problem(counts, config, new_tokens, pad_extra, name)
 
     @functools.cached_property
     def prompts(self) -> tuple[str, ...]:
@@ -205,7 +233,7 @@ class InferSession:
         )
         if "perf" in self.config.suites:
             lines[-1] += f" | perf scenarios {','.join(self.config.perf_scenarios)}"
-        return lines
+        return [mask(line) for line in lines]
 
     def record(self, result: dict[str, Any]) -> None:
         self.results.append(result)
@@ -216,9 +244,13 @@ class InferSession:
         title, lines = terminal_summary(self.results, verbose=terminalreporter.verbosity > 0)
         terminalreporter.section(title)
         for line in lines:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(mask(line))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when not in ("setup", "call", "teardown"):  # pytest-xdist's report of a worker that died
+            crash = {"nodeid": report.nodeid, "outcome": "crashed", "duration_s": 0.0}
+            self.outcomes.append({**crash, "reason": str(report.longrepr)})
+            return
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             entry: dict[str, Any] = {
                 "nodeid": report.nodeid,
@@ -235,40 +267,45 @@ class InferSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self._started = time.perf_counter()
 
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._running = nodeid
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self._running = None
+
+    def pytest_keyboard_interrupt(self) -> None:
+        """Ctrl-C, or SIGTERM (isolation.TerminationAsInterrupt): the test it stopped is in the report as such."""
+        self.interrupted = True
+        if self._running is not None:
+            self.outcomes.append({"nodeid": self._running, "outcome": "interrupted", "duration_s": 0.0})
+            self._running = None
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if is_xdist_worker(self.pytest_config):
             return  # the controller writes the reports, with every worker's results (xdist_results.py)
-        self._write_markdown()
-        if not (self.config.report or self.config.plot):
-            return
-        stack = self.stack.to_dict() if self.active or self.results else {}
-        doc = report_document(
-            stack,
-            self.config.to_dict(),
-            self.results,
-            self.outcomes,
-            time.perf_counter() - self._started,
-            {"pytest-infer": __version__},
-        )
-        if self.config.report:
-            write_atomically(self.config.report, doc)
-        if self.config.plot:
-            line = session_plot(doc, self.config.plot)
-            reporter = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(line)
 
-    def _write_markdown(self) -> None:
-        targets = [self.config.markdown] if self.config.markdown else []
-        if os.environ.get("GITHUB_STEP_SUMMARY") and self.results:
-            targets.append(os.environ["GITHUB_STEP_SUMMARY"])
-        if not targets:
-            return
-        text = "## pytest-infer\n\n" + markdown_table(self.results, self.stack.header_line())
-        for i, target in enumerate(targets):
-            mode = "w" if i == 0 and self.config.markdown else "a"  # the job summary is appended to
-            with open(target, mode, encoding="utf-8") as f:
-                f.write(text + "\n")
+        def document() -> dict[str, Any]:
+            return report_document(
+                self.stack.to_dict() if self.active or self.results else {},
+                self.config.to_dict(),
+                self.results,
+                self.outcomes,
+                time.perf_counter() - self._started,
+                {"pytest-infer": __version__},
+                interrupted=self.interrupted,
+            )
+
+        def markdown() -> str:
+            return "## pytest-infer\n\n" + markdown_table(self.results, self.stack.header_line())
+
+        Outputs(self.config, self._say, self.interrupted).write(document, markdown, bool(self.results))
+
+    def _say(self, line: str) -> None:
+        reporter = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            sys.stderr.write(line + "\n")
 
     def catalogue(self) -> list[str]:
         """Every known technique with, for this stack, runnable or the reason it is skipped."""
@@ -278,6 +315,15 @@ class InferSession:
             lines.append(f"techniques on {device} ({stack.header_line().removeprefix('infer stack: ')}):")
             lines.extend(catalogue_lines(self.registry, stack, self.config.dtypes[0], strict=self.config.strict))
         return lines
+
+    def forget_models(self) -> None:
+        """Drop every loaded model and computed tensor (they were made under state a test then changed), and
+        torch.compile's caches (compiled code may have traced through a patched function)."""
+        if self._cache is not None:
+            self._cache.clear()
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is not None:
+            dynamo.reset()
 
     def close(self) -> None:
         self.progress.close()
@@ -358,6 +404,10 @@ def _validate(cfg: InferConfig, registry: Registry, ini_file: str) -> list[Techn
         if device not in ("auto", "cpu") and (problem := validate_device(device)):
             with blamed("device"):
                 raise ConfigError(f"--infer-device {device}: {problem}")
+    unusable = validation.comparison_problem(cfg, registry)
+    if unusable is not None:
+        with blamed(unusable[0]):
+            raise ConfigError(unusable[1])
     return techniques
 
 

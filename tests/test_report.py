@@ -22,7 +22,8 @@ def test_report_content_matches_the_documented_schema(pytester: pytest.Pytester,
     result.assert_outcomes(passed=3, skipped=3)
     doc = json.loads((pytester.path / "out" / "report.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION == 1
-    assert set(doc) == {"schema_version", "tool", "stack", "config", "duration_s", "tests", "results"}
+    assert set(doc) == {"schema_version", "interrupted", "tool", "stack", "config", "duration_s", "tests", "results"}
+    assert doc["interrupted"] is False
     assert doc["stack"]["device_kind"] == "cpu" and doc["config"]["techniques"] == ["sdpa", "flash_attention_2"]
     skipped = [t for t in doc["tests"] if t["outcome"] == "skipped"]
     assert any("flash_attention_2: needs a cuda device" in t["reason"] for t in skipped)
@@ -70,6 +71,39 @@ def test_markdown_matrix_and_github_step_summary(
     assert "infer stack: cpu" in text
     appended = summary.read_text()
     assert appended.startswith("earlier step\n") and "| cpu | float32 | sdpa | pass " in appended
+
+
+def test_an_unwritable_output_is_a_warning_and_reports_are_strict_json(
+    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A $GITHUB_STEP_SUMMARY that cannot be appended to (a folder in its place) does not cost the JSON report or
+    the Markdown (before: the session ended in an INTERNALERROR and wrote neither); a metric that is NaN is
+    null in the report (before: the NaN token, which strict JSON readers refuse)."""
+    (pytester.path / "summary").mkdir()
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary"))
+    pytester.makepyfile(
+        test_nan="""
+        def test_records_a_nan(infer_session):
+            infer_session.record({"check": "logits", "technique": "mine", "device": "cpu", "dtype": "float32",
+                                  "passed": True, "metrics": {"max_abs": float("nan"), "top1": float("inf")}})
+        """
+    )
+    result = run_infer("--infer-report=r.json", "--infer-markdown=m.md", "test_nan.py")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-infer: WARNING: $GITHUB_STEP_SUMMARY *summary not written: Is a directory; the other outputs were written"
+        ]
+    )
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    doc = json.loads((pytester.path / "r.json").read_text(), parse_constant=refuse)
+    assert doc["results"][0]["metrics"] == {"max_abs": None, "top1": None}
+    assert "| cpu | float32 | mine | pass nan |" in (pytester.path / "m.md").read_text()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
 def test_infer_list_prints_the_catalogue_and_exits(run_infer) -> None:
