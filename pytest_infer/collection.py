@@ -14,14 +14,17 @@ import pytest
 
 from pytest_infer.checks.ranks import cached_preflight
 from pytest_infer.core.case import Case
-from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.errors import ExplainedFailure, TechniqueError
 from pytest_infer.core.known_issues import CHECKS, known_issue
 from pytest_infer.core.redact import mask
-from pytest_infer.core.resources import SUITE_FILES, suites_dir
+from pytest_infer.core.resources import GOLDEN_FILES, SUITE_FILES, default_prompts_file, suites_dir
 from pytest_infer.core.technique import FAMILIES
 from pytest_infer.markers import marker_problem
+from pytest_infer.parity.padding import parse_sweep
 from pytest_infer.perf.scenarios import TESTS, prefill_lengths, wanted
+from pytest_infer.runtime.checkpoint import loaded_config, prompt_problem, vocabulary_problem
 from pytest_infer.session import InferSession, families
+from pytest_infer.techniques.applicability import model_reason, size_reason
 
 CASE_ARGS = ("infer_case", "infer_compiled_case")  # every selected technique / the compiled ones
 FAMILY_ARG_SUFFIX = "_technique"  # e.g. attention_technique: the attention family only
@@ -44,6 +47,8 @@ class Collection:
             return
         folder = suites_dir()
         self.suite_files = {folder / f for s in self.config.suites for f in SUITE_FILES[s]}
+        if self.config.golden:
+            self.suite_files |= {folder / GOLDEN_FILES[s][0] for s in self.config.suites if s in GOLDEN_FILES}
         missing = [str(f) for f in self.suite_files if not f.is_file()]
         if missing:
             raise pytest.UsageError(
@@ -163,7 +168,7 @@ class Collection:
         tokenizer) stop the session before any test runs: a usage error, known once the tokenizer loads."""
         if self.pytest_config.option.collectonly or not any(map(_runs_the_model, session.items)):
             return
-        problem = self.session.input_problem()
+        problem = input_problem(self.session)
         if problem is None:
             return
         if hasattr(self.pytest_config, "workerinput"):  # a usage error here would be xdist's INTERNALERROR
@@ -183,19 +188,30 @@ class Collection:
         file_start: dict[Path, int] = {}
         for index, item in enumerate(items):
             file_start.setdefault(item.path, index)
+        # a golden test follows its case's tests of the partner file (test_parity.py for test_parity_golden.py):
+        # what they computed is handed over, on the same xdist worker too
+        folder = suites_dir_cached()
+        partner = {folder / golden: folder / other for golden, other in GOLDEN_FILES.values()}
 
-        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
             index, item = pair
             case = _item_case(item)
             if case is None or item.path not in self.suite_files:
-                return (index, 0, 0)  # in place
-            return (file_start[item.path], order.get(case.id, len(order)), index)
+                return (index, 0, 0, 0)  # in place
+            follows = partner.get(item.path)
+            start = file_start.get(follows, file_start[item.path]) if follows else file_start[item.path]
+            return (start, order.get(case.id, len(order)), int(follows in file_start), index)
 
         items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
     def _marks(self, case: Case, check: str | None = None) -> list[pytest.MarkDecorator]:
         stack = self.session.stack_for(case.device)
         reason = case.technique.skip_reason(stack, case.dtype, strict=self.config.strict)
+        if reason is None:
+            facts = self.session.model_facts
+            reason = model_reason(case.technique, facts, stack) or size_reason(
+                case.technique, facts, stack, named=case.technique.name in self.config.techniques
+            )
         if reason is None and case.technique.runner == "multiprocess":
             s = self.session
             reason = cached_preflight(s.cache, s.source, case, s.config.tp_size, stack.device_count)
@@ -224,6 +240,26 @@ def suites_dir_cached() -> Path:
 
 
 MODEL_FIXTURES = frozenset({"infer_tokenizer", "infer_parity", "infer_perf", "infer_batching", "infer_model_loader"})
+
+
+def input_problem(session: InferSession) -> str | None:
+    """What the model cannot take of this run's inputs, known once its tokenizer loads: a vocabulary smaller
+    than the tokenizer's, or a prompt that with the new (or pad) tokens exceeds its positions. None when
+    they fit, or when the tokenizer does not load (its fixture reports that)."""
+    try:
+        tokenizer = session.tokenizer()
+    except ExplainedFailure:
+        return None
+    cfg = session.config
+    config = loaded_config(cfg.model, cfg.trust_remote_code)
+    problem = vocabulary_problem(session.source.label, config, len(tokenizer))
+    if problem is not None:
+        return f"--infer-model {session.source.label}: {problem}"
+    counts = [len(tokenizer(p)["input_ids"]) for p in session.prompts]
+    new_tokens = max((*cfg.new_tokens, *((cfg.perf_new_tokens,) if "perf" in cfg.suites else ())))
+    pad_extra = max(p.extra for p in parse_sweep(session.padding[0]))
+    name = f"--infer-prompts {cfg.prompts}" if cfg.prompts else f"the bundled prompts ({default_prompts_file()})"
+    return prompt_problem(counts, config, new_tokens, pad_extra, name)
 
 
 def _runs_the_model(item: pytest.Item) -> bool:

@@ -25,6 +25,7 @@ from pytest_infer.core.case import Case
 from pytest_infer.core.config import InferConfig
 from pytest_infer.core.detect import detect_stack, validate_device
 from pytest_infer.core.errors import ConfigError, ExplainedFailure, TechniqueError
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.redact import mask
 from pytest_infer.core.registry import Registry
 from pytest_infer.core.resources import default_prompts_file, read_prompts
@@ -33,13 +34,14 @@ from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance, parse_tolerance_spec
 from pytest_infer.core.version import __version__
 from pytest_infer.outputs import Outputs, check_outputs
-from pytest_infer.parity.padding import parse_sweep
+from pytest_infer.parity.padding import choose_sweep
 from pytest_infer.progress import Progress
 from pytest_infer.reports.document import report_document
 from pytest_infer.reports.markdown import markdown_table
 from pytest_infer.reports.plot import missing_dependency
-from pytest_infer.reports.terminal import catalogue_lines, terminal_summary
-from pytest_infer.runtime.checkpoint import loaded_config, prompt_problem, read_config, vocabulary_problem
+from pytest_infer.reports.terminal import catalogue_lines, golden_summary_lines, terminal_summary
+from pytest_infer.runtime.capabilities import read_facts
+from pytest_infer.runtime.checkpoint import read_config
 from pytest_infer.runtime.loading import ModelSource, load_tokenizer, resolve_device
 from pytest_infer.runtime.model_cache import ModelCache
 from pytest_infer.techniques import builtin_techniques
@@ -79,7 +81,7 @@ class InferSession:
         ini_file = str(config.inipath) if config.inipath else ""
         try:
             values, sources = options.resolve_raw(
-                lambda name: config.getoption("infer_" + name, None), config.getini, ini_file
+                lambda name: config.getoption("infer_" + name, None), ini_reader(config), ini_file
             )
             cfg = validation.build(values, sources, Path(str(config.rootpath)), ini_file)
             registry = _registry(config)
@@ -130,29 +132,22 @@ class InferSession:
 
     def tokenizer(self) -> Any:
         """The model's tokenizer (left padding), loaded once per session; on an xdist worker, the refusal of
-        inputs the model cannot take (:meth:`input_problem`) fails every test that asks for it."""
+        inputs the model cannot take (:func:`pytest_infer.collection.input_problem`) fails every test that asks for it."""
         if self.refusal:
             raise ExplainedFailure(f"pytest-infer: {self.refusal}")
         return self.cache.tensor(("tokenizer", self.source), lambda: load_tokenizer(self.source))
 
-    def input_problem(self) -> str | None:
-        """What the model cannot take of this run's inputs, known once its tokenizer loads: a vocabulary smaller
-        than the tokenizer's, or a prompt that with the new (or pad) tokens exceeds its positions. None when
-        they fit, or when the tokenizer does not load (its fixture reports that)."""
-        try:
-            tokenizer = self.tokenizer()
-        except ExplainedFailure:
-            return None
-        cfg = self.config
-        config = loaded_config(cfg.model, cfg.trust_remote_code)
-        problem = vocabulary_problem(self.source.label, config, len(tokenizer))
-        if problem is not None:
-            return f"--infer-model {self.source.label}: {problem}"
-        counts = [len(tokenizer(p)["input_ids"]) for p in self.prompts]
-        new_tokens = max((*cfg.new_tokens, *((cfg.perf_new_tokens,) if "perf" in cfg.suites else ())))
-        pad_extra = max(p.extra for p in parse_sweep(cfg.padding))
-        name = f"--infer-prompts {cfg.prompts}" if cfg.prompts else f"the bundled prompts ({default_prompts_file()})"
-        return prompt_problem(counts, config, new_tokens, pad_extra, name)
+    @functools.cached_property
+    def model_facts(self) -> ModelFacts | None:
+        """What the model's config and class say before any weight loads (None where the config cannot be read
+        offline): each technique's applicability is decided from it at collection."""
+        return read_facts(self.source)
+
+    @functools.cached_property
+    def padding(self) -> tuple[str, str]:
+        """(the padding sweep this session runs, why): ``auto`` chooses by the model's size."""
+        facts = self.model_facts if self.config.padding == "auto" else None
+        return choose_sweep(self.config.padding, facts.parameters if facts is not None else 0)
 
     @functools.cached_property
     def prompts(self) -> tuple[str, ...]:
@@ -201,6 +196,7 @@ class InferSession:
             stored_runs=self.stored_runs,
             benchmark_loaded=config.pluginmanager.hasplugin("benchmark"),
             xdist_worker=hasattr(config, "workerinput"),
+            padding=self.padding[0],
         )
 
     def _step(self, what: str) -> AbstractContextManager[None]:
@@ -231,6 +227,9 @@ class InferSession:
             f"infer: model {source} | devices {','.join(self.devices)} | dtypes {','.join(self.config.dtypes)} | "
             f"{len(self.selected)} techniques | reference {self.config.reference} ({self.config.reference_dtype})"
         )
+        if "parity" in self.config.suites and self.config.padding == "auto":
+            sweep, why = self.padding
+            lines[-1] += f" | padding sweep {sweep} ({why})"
         if "perf" in self.config.suites:
             lines[-1] += f" | perf scenarios {','.join(self.config.perf_scenarios)}"
         return [mask(line) for line in lines]
@@ -245,6 +244,11 @@ class InferSession:
         terminalreporter.section(title)
         for line in lines:
             terminalreporter.write_line(mask(line))
+        written = golden_summary_lines(self.results)  # goldens are never written without saying so
+        if written:
+            terminalreporter.section(f"pytest-infer: goldens ({self.config.golden})")
+            for line in written:
+                terminalreporter.write_line(mask(line))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when not in ("setup", "call", "teardown"):  # pytest-xdist's report of a worker that died
@@ -302,10 +306,7 @@ class InferSession:
 
     def _say(self, line: str) -> None:
         reporter = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            sys.stderr.write(line + "\n")
+        reporter.write_line(line) if reporter is not None else sys.stderr.write(line + "\n")
 
     def catalogue(self) -> list[str]:
         """Every known technique with, for this stack, runnable or the reason it is skipped."""
@@ -313,7 +314,11 @@ class InferSession:
         for device in self.devices:
             stack = self.stack_for(device)
             lines.append(f"techniques on {device} ({stack.header_line().removeprefix('infer stack: ')}):")
-            lines.extend(catalogue_lines(self.registry, stack, self.config.dtypes[0], strict=self.config.strict))
+            lines.extend(
+                catalogue_lines(
+                    self.registry, stack, self.config.dtypes[0], strict=self.config.strict, facts=self.model_facts
+                )
+            )
         return lines
 
     def forget_models(self) -> None:
@@ -329,6 +334,22 @@ class InferSession:
         self.progress.close()
         if self._cache is not None:
             self._cache.clear()
+
+
+def ini_reader(config: pytest.Config) -> Callable[[str], Any]:
+    """``config.getini`` whose refusals (pytest's type check of a typed ini key) are :class:`ConfigError`, in pytest's
+    words less the file name it starts with (the caller adds the option and the file)."""
+
+    def read(name: str) -> Any:
+        try:
+            return config.getini(name)
+        except pytest.UsageError as exc:
+            text = str(exc)
+            if config.inipath is not None:
+                text = text.removeprefix(f"{config.inipath}: ")
+            raise ConfigError(text) from None
+
+    return read
 
 
 def explicitly_loaded(config: pytest.Config) -> bool:

@@ -280,9 +280,9 @@ STARTUP = [
     ),
     Bad("perf-rounds-zero", ("--infer-perf-rounds", "0"), ("--infer-perf-rounds: must be at least 1, got 0",)),
     Bad(
-        "compare-fail-without-percent",
-        ("--infer-compare-fail", "peak_memory:5"),
-        ("--infer-compare-fail: 'peak_memory:5': expected METRIC:PCT% with METRIC one of",),
+        "compare-fail-with-a-unit",
+        ("--infer-compare-fail", "peak_memory:5MB"),
+        ("--infer-compare-fail: 'peak_memory:5MB': '5MB' is not a number (an absolute change) or a percentage",),
     ),
     Bad(
         "tolerance-mode-unknown",
@@ -1000,6 +1000,15 @@ def test_cli_refuses_deep_huge_and_self_overwriting_inputs(tmp_path: Path, capsy
             f"pytest-infer merge: --json {tmp_path / 'm'}: the same file as --markdown {tmp_path / 'm'}",
         ),
         (["plot", str(good), "-o", str(good)], f"pytest-infer plot: --output {good}: the same file as input {good}"),
+        (
+            ["compare", str(good), str(tmp_path), "--markdown", str(good)],
+            f"pytest-infer compare: --markdown {good}: the same file as input {good}",
+        ),
+        (
+            ["compare", str(tmp_path), str(deep), "--json", str(good)],
+            f"pytest-infer compare: --json {good}: an existing file of input {tmp_path}",
+        ),
+        (["compare", str(good), str(deep)], f"pytest-infer compare: {deep}: JSON nested too deeply to read"),
     ]
     for argv, expected in cases:
         assert cli_main(argv) == 2, argv

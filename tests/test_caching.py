@@ -13,7 +13,8 @@ from pytest_infer.runtime.kv_cache import CacheSpec, expected_cache
 
 def test_requested_cache_from_generate_arguments() -> None:
     spec = expected_cache({"cache_implementation": "quantized", "cache_config": {"backend": "HQQ", "nbits": 4}})
-    assert spec == CacheSpec("quantized", "QuantizedCache", frozenset({"HQQQuantizedLayer"}), False, 4, None)
+    hqq = frozenset({"HQQQuantizedLayer"})
+    assert spec == CacheSpec("quantized", "QuantizedCache", hqq, False, 4, None, required=hqq)
     assert expected_cache({}).cache_class == "DynamicCache"
     seen = {
         "class": "DynamicCache",
@@ -24,6 +25,13 @@ def test_requested_cache_from_generate_arguments() -> None:
     }
     problems = cache_problems(spec, seen, sliding_model=False)
     assert "cache class DynamicCache, expected QuantizedCache" in problems
+    # caches by kind: a state-space model's dynamic cache holds recurrent state only, which is what dynamic means
+    state = seen | {"layers": ["LinearAttentionLayer"]}
+    assert cache_problems(expected_cache({"cache_implementation": "dynamic"}), state, sliding_model=False) == []
+    # a static cache that holds no static key/value layer is not the cache asked for
+    static = state | {"class": "StaticCache"}
+    [missing] = cache_problems(expected_cache({"cache_implementation": "static"}), static, sliding_model=False)
+    assert missing.startswith("no ") and "StaticLayer" in missing and "the static cache asked for is not" in missing
     assert any("DynamicLayer" in p for p in problems) and any("expected 4" in p for p in problems)
     full = cache_problems(
         expected_cache({"cache_implementation": "static"}),
@@ -125,5 +133,22 @@ def test_planted_cache_faults_fail_with_the_reason(pytester: pytest.Pytester, ru
             "*generate changed its argument cache_config*",
             "*test_kv_cache_memory?cpu-float32-planted_hungry?*",
             "*1.000x, expected <= 0.5*",
+        ]
+    )
+
+
+def test_kv_memory_that_measured_nothing_fails(tmp_path_factory: pytest.TempPathFactory, run_infer) -> None:
+    """On a state-space model (Mamba: recurrent state, no keys or values) a KV-memory check has nothing to measure:
+    an error naming what the cache holds, never a pass; static and quantized caches are skipped before loading."""
+    model = architectures.build("mamba-tiny", tmp_path_factory.getbasetemp() / "models")
+    result = run_infer(
+        f"--infer-model={model}", "--infer-suite", "generation", "--infer-technique", "dynamic_cache,static_cache",
+        "--infer-new-tokens", "8", "-k", "cache", "-rs",
+    )  # fmt: skip
+    result.assert_outcomes(passed=3, failed=1, skipped=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*measured no key/value bytes: the dynamic cache holds layers LinearAttentionLayer (* bytes of recurrent state)*",
+            "*static_cache: MambaForCausalLM keeps no key/value cache (layer_types: linear_attention x2)*",
         ]
     )

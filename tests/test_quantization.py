@@ -145,3 +145,26 @@ def test_planted_quantization_faults_fail_with_the_reason(
     )
     fp32.assert_outcomes(failed=1)
     assert "computes in torch.float32 while the model runs in torch.bfloat16" in fp32.stdout.str()
+
+
+def test_coverage_counts_fused_experts_that_stay_in_full_precision(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A mixture of experts keeps most weights in fused 3-D expert parameters, which Linear-only quantizers leave
+    in full precision: the covered fraction says so (and the storage check fails on it: a known upstream defect)."""
+    import torch
+    from transformers import AutoModelForCausalLM, QuantoConfig
+
+    from pytest_infer.core.detect import detect_stack
+    from pytest_infer.core.known_issues import known_issue
+    from pytest_infer.runtime.coverage import weight_coverage
+
+    folder = architectures.build("mixtral-tiny", tmp_path_factory.getbasetemp() / "models")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, device_map="cpu", quantization_config=QuantoConfig(weights="int8")
+    )
+    coverage = weight_coverage(model)
+    assert coverage.covered_fraction == pytest.approx(0.111, abs=0.01)
+    assert coverage.logical["experts_full"] > 7 * coverage.logical["linear_quantized"]
+    assert coverage.quantized_ratio is not None and coverage.quantized_ratio < 0.27  # int8 + per-channel scales
+    config = {"num_local_experts": 4}
+    issue = known_issue(("quanto_int8",), "storage", detect_stack("cpu"), config)
+    assert issue is not None and "fused 3-D parameters" in issue.reason

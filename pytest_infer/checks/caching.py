@@ -22,12 +22,20 @@ from pytest_infer.runtime.kv_cache import (
 
 
 def cache_problems(spec: CacheSpec, seen: dict[str, Any], sliding_model: bool) -> list[str]:
+    """What differs between the cache a technique asked for and the one ``generate`` used, by layer kind (key/value
+    layers, recurrent state, both): an unexpected class or layer, none of the layers the request is about,
+    offloading, bits, residual length, a full window on a sliding-window model."""
     problems = []
     if seen["class"] != spec.cache_class:
         problems.append(f"cache class {seen['class']}, expected {spec.cache_class}")
     unexpected = set(seen["layers"]) - spec.layers
     if unexpected:
         problems.append(f"layers {', '.join(sorted(unexpected))}, expected only {', '.join(sorted(spec.layers))}")
+    if spec.required and not set(seen["layers"]) & spec.required:
+        problems.append(
+            f"no {' or '.join(sorted(spec.required))} among its layers ({', '.join(seen['layers']) or 'none'}): "
+            f"the {spec.implementation} cache asked for is not what this model got"
+        )
     if seen["offloading"] != spec.offloading:
         problems.append(f"offloading {seen['offloading']}, expected {spec.offloading}")
     if spec.nbits is not None and seen["nbits"] != [spec.nbits]:
@@ -156,7 +164,16 @@ class CacheChecks:
             "kv_bytes": seen["kv_bytes"],
             "dynamic_kv_device_bytes": base["kv_device_bytes"],
             "kv_memory_ratio": ratio,
+            "state_bytes": seen.get("state_bytes", 0),
         }
+        if not base["kv_bytes"] or not seen["kv_bytes"]:  # a measurement of nothing is an error, never a pass
+            holder, layers = (
+                (case.technique.name, seen["layers"]) if base["kv_bytes"] else ("the dynamic cache", base["layers"])
+            )
+            problems.append(
+                f"measured no key/value bytes: {holder} holds layers {', '.join(layers) or 'none'} "
+                f"({seen.get('state_bytes', 0):,} bytes of recurrent state): there is no KV memory to compare here"
+            )
         for e in select_expectations(case.technique.expectations, ctx.stack_for(case.device), case.dtype):
             if e.metric == "kv_memory_ratio":
                 details["expected"] = f"kv_memory_ratio {e.op} {e.value:g}"

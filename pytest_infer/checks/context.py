@@ -26,7 +26,8 @@ from pytest_infer.runtime.model_cache import ModelCache
 
 
 class StoredRuns(Protocol):
-    """pytest-benchmark's stored run this session compares with (``--benchmark-compare``)."""
+    """pytest-benchmark's stored run this session compares with (``--benchmark-compare``'s, else the newest of the
+    stack)."""
 
     stored_source: str
 
@@ -60,6 +61,7 @@ class CheckContext:
     stored_runs: StoredRuns | None = None  # perf: pytest-benchmark's stored run (--infer-compare-fail)
     benchmark_loaded: bool = False  # perf: pytest-benchmark is loaded in this session
     xdist_worker: bool = False  # perf: this process is a pytest-xdist worker (pytest-benchmark disables itself)
+    padding: str = ""  # the padding sweep this session runs (--infer-padding, 'auto' resolved by model size)
 
     def ref_case(self, device: str, dtype: str | None = None) -> Case:
         """The reference on ``device``, in ``dtype`` (default: the reference dtype)."""

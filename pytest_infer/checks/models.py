@@ -17,6 +17,8 @@ from pytest_infer.parity.floor import NoiseFloor, measure_floor
 from pytest_infer.parity.logits import compare_logits
 from pytest_infer.parity.padding import solo_logits
 from pytest_infer.runtime.batch import Batch, encode, forward_logits
+from pytest_infer.runtime.generated import Generated
+from pytest_infer.runtime.generation import greedy_generate
 from pytest_infer.runtime.loading import CheckpointError, load_model
 
 R = TypeVar("R")
@@ -60,28 +62,47 @@ class CaseModels:
     def batch(self, device: str) -> Batch:
         return encode(self.ctx.tokenizer, self.ctx.prompts, device)
 
+    def forward(self, case: Case, batch: Batch, model: Any | None = None, *, keep: bool = False) -> Any:
+        """The case's logits on ``batch`` (its model, its technique's context), computed once for the checks of one
+        technique that need the same input (the logit check's batch is the padding sweep's first point; an eager
+        candidate in the reference dtype is the reference's own forward)."""
+        if model is not None:  # a model the caller built: never cached
+            return forward_logits(model, batch, case.technique)
+        key = ("forward", self.key(case), case.technique.name, batch.digest())
+
+        def compute() -> Any:
+            model = self.model(case)
+            shape = "x".join(str(n) for n in batch.input_ids.shape)
+            with self.step(case, f"forward of [{shape}] tokens"):
+                return forward_logits(model, batch, case.technique)
+
+        return self.ctx.cache.tensor(key, compute) if keep else self.ctx.cache.recent(key, compute)
+
     # --- the reference, computed once ---------------------------------------------------------------
     def reference_logits(self, device: str, dtype: str | None = None) -> tuple[Any, Any]:
         """(logits, attention_mask) of the reference on the padded prompt batch, computed once."""
-        ctx = self.ctx
-        case = ctx.ref_case(device, dtype)
-        key = ("logits", ctx.source, case.technique.name, case.dtype, device, ctx.prompts)
-
-        def compute() -> tuple[Any, Any]:
-            batch = self.batch(device)
-            model = self.model(case)
-            with self.step(case, "the reference logits"):
-                return forward_logits(model, batch, case.technique), batch.attention_mask
-
-        return ctx.cache.tensor(key, compute)
+        case = self.ctx.ref_case(device, dtype)
+        batch = self.batch(device)
+        return self.forward(case, batch, keep=True), batch.attention_mask
 
     def reference_solo(self, device: str, dtype: str | None = None) -> list[Any]:
-        """The reference's logits of each prompt run alone (no padding), computed once."""
+        """The reference's logits of each prompt as if run alone (one right-padded forward), computed once."""
         ctx = self.ctx
         case = ctx.ref_case(device, dtype)
         key = ("solo", ctx.source, case.technique.name, case.dtype, device, ctx.prompts)
         return ctx.cache.tensor(
-            key, lambda: solo_logits(self.model(case), ctx.tokenizer, ctx.prompts, case.technique, device)
+            key,
+            lambda: solo_logits(lambda batch: self.forward(case, batch, keep=True), ctx.tokenizer, ctx.prompts, device),
+        )
+
+    def reference_generation(self, device: str, new_tokens: int) -> Generated:
+        """The reference's greedy generation of ``new_tokens`` tokens on the prompt batch, computed once."""
+        ctx = self.ctx
+        case = ctx.ref_case(device)
+        key = ("generate", ctx.source, case.technique.name, case.dtype, device, ctx.prompts, new_tokens)
+        batch = self.batch(device)
+        return ctx.cache.tensor(
+            key, lambda: greedy_generate(self.model(case), ctx.tokenizer, batch, case.technique, new_tokens)
         )
 
     def noise_floor(self, device: str, dtype: str) -> NoiseFloor:
@@ -101,11 +122,13 @@ class CaseModels:
                 reference_dtype=ctx.config.reference_dtype,
             )
             loose = Tolerance(min_top1=None)
-            dtype_noise = compare_logits(ref, in_dtype, mask, loose, **common)  # type: ignore[arg-type]
             solo = torch.zeros_like(in_dtype)
             for b, s in enumerate(self.reference_solo(device, dtype)):
                 solo[b, mask[b].bool()] = s.to(solo.dtype)
             batch_noise = compare_logits(solo, in_dtype, mask, loose, **common)  # type: ignore[arg-type]
+            if in_dtype is ref:  # the reference's own dtype: one forward, no dtype noise (nothing to compare)
+                return measure_floor(None, batch_noise, 0.0)
+            dtype_noise = compare_logits(ref, in_dtype, mask, loose, **common)  # type: ignore[arg-type]
             real = mask.bool()
             r, c = ref[real], in_dtype[real]
             top2 = r.topk(2, dim=-1).values
@@ -157,7 +180,7 @@ class CaseModels:
 
     def guard(self, case: Case) -> AbstractContextManager[None]:
         """:func:`pytest_infer.checks.verdict.guard` for ``case``'s model."""
-        return verdict.guard(self.ctx.cache, case, self.key(case))
+        return verdict.guard(self.ctx.cache, case, self.key(case), strict=self.ctx.config.strict)
 
     def decided(self, case: Case, check: Callable[[], Sequence[R]]) -> list[R]:
         """Run ``check`` under the guard and fail the test unless every result passed."""

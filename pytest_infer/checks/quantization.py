@@ -8,7 +8,7 @@ from pytest_infer.core.case import Case
 from pytest_infer.perf.claims import expectations_for
 from pytest_infer.perf.weights import WeightStorageResult, measure_weight_storage
 
-STORAGE_METRICS = ("weight_memory_ratio", "quantized_layers_ratio")
+STORAGE_METRICS = ("weight_memory_ratio", "quantized_layers_ratio", "covered_fraction")
 
 
 def weight_storage(models: CaseModels, case: Case) -> WeightStorageResult:

@@ -19,6 +19,7 @@ import pytest
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import ExplainedFailure
 from pytest_infer.core.redact import mask
+from pytest_infer.runtime.capabilities import architecture_reason
 from pytest_infer.runtime.memory import out_of_memory_message
 from pytest_infer.runtime.model_cache import ModelCache
 
@@ -58,12 +59,14 @@ def is_verdict(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def guard(cache: ModelCache, case: Case, key: Hashable) -> Iterator[None]:
+def guard(cache: ModelCache, case: Case, key: Hashable, *, strict: bool = False) -> Iterator[None]:
     """A case that raises leaves no state behind for the next test: its model (``key`` in ``cache``) is dropped (a
     failed compile can break later calls of the same model), and where the technique compiles the model,
     torch.compile's caches of this process are reset too. Other techniques' failures keep them: a reset costs
     every compiled model after it a full recompile, and a fresh model is not affected by another's failed compile
-    (checked on the flex_attention CPU defect, docs/known-issues.md)."""
+    (checked on the flex_attention CPU defect, docs/known-issues.md). An error Transformers raises because this
+    architecture cannot take the technique (:func:`~pytest_infer.runtime.capabilities.architecture_reason`) is an
+    unsupported case: a skip with the reason, a failure under ``--infer-strict``."""
     try:
         yield
     except BaseException as exc:
@@ -80,6 +83,12 @@ def guard(cache: ModelCache, case: Case, key: Hashable) -> Iterator[None]:
             freed = None if before is None or after is None else before - after
             message = f"{case.technique.name}: {out_of_memory_message(exc, case.device, freed)}"
             raise pytest.fail.Exception(message, pytrace=False) from None
+        reason = architecture_reason(exc)
+        if reason is not None:
+            message = f"{case.technique.name}: this architecture does not take it: {reason}"
+            if strict:
+                raise pytest.fail.Exception(f"--infer-strict: {message}", pytrace=False) from None
+            raise pytest.skip.Exception(message) from None
         if isinstance(exc, ExplainedFailure):
             raise pytest.fail.Exception(mask(str(exc)), pytrace=False) from None
         raise

@@ -31,7 +31,7 @@ class InferConfig:
     max_models: int  # 0: auto (bounded by memory, see pytest_infer.models.ModelCache)
     tolerance_mode: str = "floor"
     new_tokens: tuple[int, ...] = (16, 64)
-    padding: str = "left:0,1,7,32;right:0,7"
+    padding: str = "auto"
     report: str = ""
     markdown: str = ""
     list: bool = False
@@ -49,6 +49,10 @@ class InferConfig:
     timeout: int = 0
     progress: float = 3.0
     tolerance: tuple[str, ...] = ()
+    golden: str = ""  # the goldens folder (absolute), "" when off
+    golden_record: bool = False
+    golden_regen: bool = False
+    golden_top_k: int = 20
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
     @property

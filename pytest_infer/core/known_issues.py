@@ -22,6 +22,9 @@ CHECKS = {
     "test_logit_parity": "logits",
     "test_padded_batches": "padding",
     "test_generation_parity": "generation",
+    # goldens compare what the same call produced: a defect of that call is theirs too
+    "test_logits_golden": "logits",
+    "test_generation_golden": "generation",
     "test_no_recompiles_after_warmup": "recompile",
     "test_weight_storage": "storage",
     "test_inference_mode": "inference_mode",
@@ -65,6 +68,25 @@ def _bnb_cpu_packing_applies(stack: Stack) -> str | None:
     return None if "avx512_bf16" in cpu_flags() else "CPU without avx512_bf16: bitsandbytes does not repack"
 
 
+def _fused_experts(config: ModelConfig) -> bool:
+    """A mixture-of-experts config (Mixtral, Qwen3-MoE, GraniteMoE...): Transformers 5 fuses its experts."""
+    return any(config.get(k) for k in ("num_local_experts", "num_experts"))
+
+
+WEIGHT_QUANTIZATION = (
+    "bnb_8bit",
+    "bnb_nf4",
+    "bnb_fp4",
+    "torchao_int8_weight_only",
+    "torchao_int8_dynamic",
+    "torchao_int4_weight_only",
+    "torchao_float8_weight_only",
+    "quanto_int8",
+    "quanto_int4",
+    "hqq_4bit",
+)
+
+
 def _in_features_not_multiple_of_64(config: ModelConfig) -> bool:
     """A linear layer whose input size is not a multiple of bitsandbytes' 4-bit block size (64)."""
     sizes = [config.get("hidden_size"), config.get("intermediate_size")]
@@ -75,6 +97,21 @@ def _in_features_not_multiple_of_64(config: ModelConfig) -> bool:
 
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
+    *(
+        KnownIssue(
+            technique=name,
+            check="storage",
+            affected=Requirements(packages=(("transformers", ">=5.24,<5.25"),)),
+            model=_fused_experts,
+            reason=(
+                "transformers 5.24 stores a mixture of experts' experts as fused 3-D parameters "
+                "(experts.gate_up_proj / experts.down_proj) and its bitsandbytes, torchao, quanto and HQQ integrations "
+                "quantize nn.Linear layers only: the experts, most of the weights, stay in full precision"
+            ),
+            evidence="scripts/repro/moe_fused_experts_unquantized.py; docs/known-issues.md",
+        )
+        for name in WEIGHT_QUANTIZATION
+    ),
     KnownIssue(
         technique="flex_attention",
         check=("generation", "decode"),  # the perf suite's decode and memory scenarios run the same generate

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.stack import ByStack, Stack
 from pytest_infer.core.technique import RUNNERS, ContextFactory, Technique
 from pytest_infer.core.tolerance import Tolerance
@@ -68,6 +69,7 @@ def compose(a: Technique, b: Technique) -> Technique:
     setups = [s for s in (a.setup, b.setup) if s is not None]
     prepares = [p for p in (a.prepare, b.prepare) if p is not None]
     checks = [c for c in (a.dtype_check, b.dtype_check) if c is not None]
+    applies = [f for f in (a.applies, b.applies) if f is not None]
 
     def setup() -> None:
         for s in setups:
@@ -80,6 +82,9 @@ def compose(a: Technique, b: Technique) -> Technique:
 
     def dtype_check(kind: str, dtype: str) -> str | None:
         return next((r for c in checks if (r := c(kind, dtype)) is not None), None)
+
+    def applies_both(facts: ModelFacts, stack: Stack) -> str | None:
+        return next((r for f in applies if (r := f(facts, stack)) is not None), None)
 
     return Technique(
         name=f"{a.name}+{b.name}",
@@ -95,6 +100,7 @@ def compose(a: Technique, b: Technique) -> Technique:
         setup=setup if setups else None,
         prepare=prepare if prepares else None,
         dtype_check=dtype_check if checks else None,
+        applies=applies_both if applies else None,
         effective_attention=a.effective_attention or b.effective_attention,
         padded_batches=a.padded_batches and b.padded_batches,
         compiled=a.compiled or b.compiled,

@@ -14,6 +14,7 @@ from typing import Any
 
 from pytest_infer.core.errors import TechniqueError
 from pytest_infer.core.expectation import Expectation
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.requirements import Requirements
 from pytest_infer.core.stack import ByStack, Stack
 from pytest_infer.core.tolerance import Tolerance
@@ -95,6 +96,9 @@ class Technique:
     setup: Callable[[], None] | None = None  # global, idempotent registration before loading
     prepare: Prepare | None = None  # applied to the loaded model
     dtype_check: Callable[[str, str], str | None] | None = None  # (device kind, dtype) -> reason
+    # (model facts, stack) -> why this technique does not apply to this model (None: it does); see
+    # pytest_infer.techniques.applicability for the rules every technique gets from what it sets
+    applies: Callable[[ModelFacts, Stack], str | None] | None = None
     effective_attention: frozenset[str] | None = None  # accepted config._attn_implementation after load
     padded_batches: bool = True  # False: prompts are run one at a time (kernels without mask support)
     compiled: bool = False  # runs through torch.compile: the recompile guard applies

@@ -49,11 +49,15 @@ class NoiseFloor:
         )
 
 
-def measure_floor(dtype_noise: LogitParityResult, batch_noise: LogitParityResult, flip_margin: float) -> NoiseFloor:
-    d, b = dtype_noise.metrics, batch_noise.metrics
+def measure_floor(
+    dtype_noise: LogitParityResult | None, batch_noise: LogitParityResult, flip_margin: float
+) -> NoiseFloor:
+    """The floor from both noises; ``dtype_noise`` None: the candidate runs in the reference's own dtype (zero)."""
+    b = batch_noise.metrics
+    d = dtype_noise.metrics if dtype_noise is not None else {"max_abs": 0.0, "max_kl": 0.0}
     return NoiseFloor(
-        dtype=dtype_noise.dtype,
-        device=dtype_noise.device,
+        dtype=batch_noise.dtype,
+        device=batch_noise.device,
         max_abs=max(d["max_abs"], b["max_abs"]),
         max_kl=max(d["max_kl"], b["max_kl"]),
         flip_margin=flip_margin,

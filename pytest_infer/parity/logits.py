@@ -208,24 +208,18 @@ def compare_logits(
         raise ValueError(f"logit shapes differ: reference {tuple(reference.shape)}, candidate {tuple(candidate.shape)}")
     mask = mask.bool().to(reference.device)
     cand_all = candidate.to(reference.device)
+    # one scan of every candidate value (pad positions too, unless told not to) for NaN/Inf
+    finite = torch.isfinite(cand_all).all(dim=-1) | (~mask if not scan_padding else torch.zeros_like(mask))
     rows: list[RowParity] = []
     nonfinite: list[tuple[int, int, str]] = []
     for b in range(reference.shape[0]):
         idx = mask[b].nonzero().flatten()
-        # float64, one row at a time (a whole [batch, seq, vocab] copy in float64 is large for real
-        # vocabularies): KL and cosine of nearly equal float32 distributions are below float32 rounding
-        r, c = reference[b, idx].double(), cand_all[b, idx].double()  # [positions, vocab]
-        scan = cand_all[b] if scan_padding else cand_all[b].masked_fill(~mask[b, :, None], 0.0)
-        bad = (~torch.isfinite(scan)).any(dim=-1).nonzero().flatten().tolist()
+        bad = (~finite[b]).nonzero().flatten().tolist()
         nonfinite.extend((b, int(p), "real" if bool(mask[b, p]) else "pad") for p in bad)
-        if not torch.isfinite(c).all():
+        r, c = reference[b, idx].float(), cand_all[b, idx].float()  # [positions, vocab]
+        if bad:
             c = torch.nan_to_num(c, nan=0.0, posinf=1e30, neginf=-1e30)  # metrics stay defined; NaN fails above
-        diff = (r - c).abs()
-        per_pos_max = diff.amax(dim=-1)
-        logp_r = torch.log_softmax(r, dim=-1)
-        logp_c = torch.log_softmax(c, dim=-1)
-        kl = (logp_r.exp() * (logp_r - logp_c)).sum(dim=-1).clamp_min(0.0)
-        cos = torch.nn.functional.cosine_similarity(r, c, dim=-1)
+        per_pos_max, mean_abs, kl, cos = position_metrics(r, c)
         top2 = r.topk(2, dim=-1).values
         margin = top2[:, 0] - top2[:, 1]
         decisive = margin >= tolerance.tie_margin
@@ -236,7 +230,7 @@ def compare_logits(
                 row=b,
                 positions=int(idx.numel()),
                 max_abs=float(per_pos_max.max()) if idx.numel() else 0.0,
-                mean_abs=float(diff.mean()) if idx.numel() else 0.0,
+                mean_abs=mean_abs if idx.numel() else 0.0,
                 max_kl=float(kl.max()) if idx.numel() else 0.0,
                 mean_kl=float(kl.mean()) if idx.numel() else 0.0,
                 cosine=float(cos.min()) if idx.numel() else 1.0,
@@ -258,6 +252,54 @@ def compare_logits(
     )
     decide(result)
     return result
+
+
+SMALL = 1e-2  # below this |logit difference|, d + expm1(-d) is taken from its series (no float32 cancellation)
+LARGE = 20.0  # beyond this, exp(-d) leaves float32's range: the float64 path
+
+
+def position_metrics(r: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """Per position of ``[positions, vocab]`` float32 logits: max |difference|, the row's mean |difference|,
+    KL(reference || candidate) and cosine similarity; KL and cosine in float64 where it matters, without a float64
+    copy of the vocabulary (a real one is 150k wide: the copies and the float64 passes were most of a real-size
+    parity run's time).
+
+    With d = r - c (exact: float32 subtraction of nearly equal values is exact) and p = softmax(r):
+    KL = sum(p * (d + expm1(-d))) + log1p(B) - B, B = sum(p * expm1(-d)), because log p - log q = d + log sum(p e^-d);
+    the first sum has only non-negative terms (d + expm1(-d) = d^2/2 - d^3/6 + ... for small d), so float32
+    accumulation keeps its relative precision, and the small correction is formed in float64. Cosine:
+    1 - cos = (|d|^2 - (d.(r + c))^2 / (|r| + |c|)^2) / (2 |r| |c|), from d, exact again. Differences beyond
+    :data:`LARGE` (a broken kernel, NaN replaced) take the plain float64 path."""
+    import torch
+
+    if r.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.float64, device=r.device)
+        return empty, 0.0, empty, empty
+    d = r - c
+    ad = d.abs()
+    per_pos_max = ad.amax(dim=-1)
+    mean_abs = float(ad.sum(dtype=torch.float64)) / ad.numel()
+    if float(per_pos_max.max()) > LARGE:
+        r64, c64 = r.double(), c.double()
+        logp_r, logp_c = torch.log_softmax(r64, dim=-1), torch.log_softmax(c64, dim=-1)
+        kl = (logp_r.exp() * (logp_r - logp_c)).sum(dim=-1).clamp_min(0.0)
+        return per_pos_max, mean_abs, kl, torch.nn.functional.cosine_similarity(r64, c64, dim=-1)
+    p = torch.softmax(r, dim=-1)
+    if float(per_pos_max.max()) < SMALL:  # the usual case of a faithful kernel: the series alone
+        term = d * d * (0.5 - d / 6)
+        s = (p * term).sum(dim=-1).double()
+        b = s - (p * d).sum(dim=-1).double()  # expm1(-d) = term - d
+    else:
+        em = torch.expm1(-d)
+        s = (p * torch.where(ad < SMALL, d * d * (0.5 - d / 6), d + em)).sum(dim=-1).double()
+        b = (p * em).sum(dim=-1).double()
+    kl = (s + (torch.log1p(b) - b)).clamp_min(0.0)
+    nr, nc = r.norm(dim=-1).double(), c.norm(dim=-1).double()
+    nd2 = (d * d).sum(dim=-1).double()
+    along = (d * (r + c)).sum(dim=-1).double()
+    denom = (2 * nr * nc).clamp_min(torch.finfo(torch.float64).tiny)
+    cos = 1.0 - (nd2 - along * along / (nr + nc).clamp_min(torch.finfo(torch.float64).tiny) ** 2) / denom
+    return per_pos_max, mean_abs, kl, cos
 
 
 def decide(result: LogitParityResult) -> None:

@@ -5,7 +5,7 @@ for NaN/Inf (a NaN at a pad position reaches real positions in the next layer: 0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +13,14 @@ from pytest_infer.core.numbers import MAX_TOKENS, NumberError, parse_int, why
 from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance
 from pytest_infer.parity.logits import LogitParityResult, compare_logits
-from pytest_infer.runtime.batch import Batch, forward_logits
+from pytest_infer.runtime.batch import Batch
 
 if TYPE_CHECKING:
     import torch
 
 DEFAULT_SWEEP = "left:0,1,7,32;right:0,7"
+LARGE_MODEL_SWEEP = "left:0,7;right:0"  # auto over LARGE_MODEL_PARAMETERS: the batch, more left padding, right
+LARGE_MODEL_PARAMETERS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -74,22 +76,31 @@ def padded_batch(tokenizer: Any, prompts: Sequence[str], point: PadPoint, device
 
 
 def solo_logits(
-    model: Any, tokenizer: Any, prompts: Sequence[str], technique: Technique, device: str
+    forward: Callable[[Batch], torch.Tensor], tokenizer: Any, prompts: Sequence[str], device: str
 ) -> list[torch.Tensor]:
-    """Each prompt run alone (batch of one, no padding): ``[positions, vocab]`` per prompt."""
-    import torch
+    """Each prompt as if run alone, ``[positions, vocab]`` per prompt, from ONE forward of the prompts right-padded:
+    under causal attention a real position attends only to the positions before it, all real in a right-padded
+    row, so its logits are the solo run's up to rounding (the noise floor measures that rounding)."""
+    batch = padded_batch(tokenizer, prompts, PadPoint("right", 0), device)
+    logits = forward(batch)
+    mask = batch.attention_mask.bool()
+    return [logits[b, mask[b]] for b in range(logits.shape[0])]
 
-    out = []
-    for p in prompts:
-        ids = torch.tensor([tokenizer(p)["input_ids"]], device=device)
-        batch = Batch(ids, torch.ones_like(ids), (p,))
-        out.append(forward_logits(model, batch, technique)[0])
-    return out
+
+def choose_sweep(spec: str, parameters: int) -> tuple[str, str]:
+    """The sweep to run and why: ``spec`` as given, or for ``auto`` :data:`DEFAULT_SWEEP`, and
+    :data:`LARGE_MODEL_SWEEP` for a model over :data:`LARGE_MODEL_PARAMETERS` parameters (each point is a forward
+    of the whole batch: on a real-size model on CPU, seconds each)."""
+    if spec != "auto":
+        return spec, "as configured"
+    if parameters > LARGE_MODEL_PARAMETERS:
+        return LARGE_MODEL_SWEEP, f"auto for a {parameters / 1e6:,.0f}M-parameter model"
+    return DEFAULT_SWEEP, "auto"
 
 
 def padding_parity(
     reference_solo: Sequence[torch.Tensor],
-    model: Any,
+    forward: Callable[[Batch], torch.Tensor],
     tokenizer: Any,
     prompts: Sequence[str],
     technique: Technique,
@@ -101,13 +112,13 @@ def padding_parity(
     dtype: str,
     reference_dtype: str,
 ) -> list[tuple[PadPoint, LogitParityResult]]:
-    """For each pad point: the candidate's padded batch vs the reference's solo runs, row by row."""
+    """For each pad point: the candidate's padded batch (``forward``) vs the reference's solo runs, row by row."""
     import torch
 
     results = []
     for point in points:
         batch = padded_batch(tokenizer, prompts, point, device)
-        cand = forward_logits(model, batch, technique)
+        cand = forward(batch)
         ref = torch.zeros_like(cand)
         mask = batch.attention_mask.bool()
         for b, solo in enumerate(reference_solo):

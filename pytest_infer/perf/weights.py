@@ -20,6 +20,7 @@ from typing import Any
 
 from pytest_infer.core.expectation import Expectation
 from pytest_infer.perf.claims import holds
+from pytest_infer.runtime.coverage import Coverage, weight_coverage
 from pytest_infer.runtime.memory import weight_bytes
 
 
@@ -36,8 +37,9 @@ class WeightStorageResult:
     expectations: list[Expectation] = field(default_factory=list)
     quantized_modules: list[str] = field(default_factory=list)
     require_quantized: bool = True
-    quantized_layer_bytes: int = 0  # the quantized modules' weights (and their scales)...
-    baseline_layer_bytes: int = 0  # ...and the same modules in the baseline
+    quantized_layer_bytes: int = 0  # the quantized weights as stored (scales included)...
+    baseline_layer_bytes: int = 0  # ...and the same weights unquantized, in the run dtype
+    coverage: Coverage | None = None  # where the candidate's bytes are, quantized or not (fused experts apart)
     kind: str = "weight_storage"
 
     @property
@@ -54,8 +56,16 @@ class WeightStorageResult:
     def layers_ratio(self) -> float | None:
         return self.quantized_layer_bytes / self.baseline_layer_bytes if self.baseline_layer_bytes else None
 
+    @property
+    def covered_fraction(self) -> float | None:
+        return None if self.coverage is None else self.coverage.covered_fraction
+
     def measured(self, metric: str) -> float | None:
-        return {"weight_memory_ratio": self.ratio, "quantized_layers_ratio": self.layers_ratio}.get(metric)
+        return {
+            "weight_memory_ratio": self.ratio,
+            "quantized_layers_ratio": self.layers_ratio,
+            "covered_fraction": self.covered_fraction,
+        }.get(metric)
 
     @property
     def broken(self) -> list[Expectation]:
@@ -89,6 +99,18 @@ class WeightStorageResult:
             state = "BROKEN" if e in self.broken else "holds"
             shown = "n/a" if m is None else f"{m:.3f}"
             lines.append(f"  expected {e.metric} {e.op} {e.value:g}: measured {shown}, {state}")
+        if self.coverage is not None and self.covered_fraction is not None and self.covered_fraction < 1.0:
+            left = self.coverage.unquantized
+            body = sum(left.get(c, 0) for c in ("linear_full", "experts_full"))
+            if body:
+                parts = ", ".join(
+                    f"{c.replace('_full', '')} {n:,} bytes" for c, n in left.items() if c.endswith("_full")
+                )
+                example = self.coverage.examples.get("experts_full") or self.coverage.examples.get("linear_full", "")
+                lines.append(
+                    f"  {1 - self.covered_fraction:.1%} of the linear and fused-expert weights stay in full precision "
+                    f"({parts} unquantized; e.g. {example})"
+                )
         if fp is not None and abs(fp - self.ratio) > 0.01:
             lines.append(
                 f"  (get_memory_footprint() says {fp:.3f}x: it counts quantized tensors at their nominal size)"
@@ -113,7 +135,9 @@ class WeightStorageResult:
                 "weight_memory_ratio": self.ratio,
                 "footprint_ratio": self.footprint_ratio,
                 "quantized_layers_ratio": self.layers_ratio,
+                "covered_fraction": self.covered_fraction,
             },
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
             "expectations": [
                 {"metric": e.metric, "op": e.op, "value": e.value, "holds": e not in self.broken}
                 for e in self.expectations
@@ -156,10 +180,12 @@ def measure_weight_storage(
             return None
 
     names = quantized_modules(model)
-    by_name = dict(baseline.named_modules())
+    coverage = weight_coverage(model)
+    quantized = ("linear_quantized", "experts_quantized")
     return WeightStorageResult(
-        quantized_layer_bytes=sum(weight_bytes(model.get_submodule(n)) for n in names),
-        baseline_layer_bytes=sum(weight_bytes(by_name[n]) for n in names if n in by_name),
+        # the quantized weights (scales included) vs the same weights unquantized: biases and norms apart
+        quantized_layer_bytes=sum(coverage.stored.get(c, 0) for c in quantized),
+        baseline_layer_bytes=sum(coverage.logical.get(c, 0) for c in quantized),
         technique=technique,
         baseline=baseline_name,
         device=device,
@@ -170,4 +196,5 @@ def measure_weight_storage(
         baseline_footprint_bytes=footprint(baseline),
         expectations=expectations,
         quantized_modules=names,
+        coverage=coverage,
     )

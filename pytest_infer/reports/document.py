@@ -1,6 +1,7 @@
-"""The versioned JSON report document (``--infer-report``) and writing it atomically, as strict JSON: NaN and
-infinities (a metric that could not be computed) are written as ``null``, never as the ``NaN`` token most JSON
-readers refuse; secrets (a token in a model URL) masked (:mod:`pytest_infer.core.redact`)."""
+"""The versioned JSON report document (``--infer-report``), the JSON Schema it follows (shipped in the package:
+:func:`schema_file`), and writing it atomically, as strict JSON: NaN and infinities (a metric that could not be
+computed) are written as ``null``, never as the ``NaN`` token most JSON readers refuse; secrets (a token in a
+model URL) masked (:mod:`pytest_infer.core.redact`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from typing import Any
 from pytest_infer.core.redact import mask_data
 
 SCHEMA_VERSION = 1
+# where the report's JSON Schema ships: this path inside the package (and the repository); the report names it
+SCHEMA_REF = f"pytest_infer/schema/report-v{SCHEMA_VERSION}.json"
+
+
+def schema_file() -> Path:
+    """The JSON Schema of the report (``pytest_infer/schema/report-v1.json``, installed with the package): the
+    contract for dashboards (docs/report-schema.md)."""
+    return Path(__file__).resolve().parents[1] / "schema" / f"report-v{SCHEMA_VERSION}.json"
 
 
 def report_document(
@@ -26,8 +35,10 @@ def report_document(
     versions: Mapping[str, str],
     interrupted: bool = False,
 ) -> dict[str, Any]:
-    """The JSON report (schema version :data:`SCHEMA_VERSION`, documented in docs/report-schema.md)."""
+    """The JSON report (schema version :data:`SCHEMA_VERSION`, documented in docs/report-schema.md and checked by
+    the JSON Schema :data:`SCHEMA_REF` names)."""
     return {
+        "$schema": SCHEMA_REF,
         "schema_version": SCHEMA_VERSION,
         "interrupted": interrupted,
         "tool": dict(versions),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pytest_infer.core.resources import fixtures_dir
 
-SPEED_ONLY = {"llama-700m"}  # ~0.7 B parameters: for speed/memory on GPU stacks, not for CPU tests
+SPEED_ONLY = {"llama-700m", "qwen3-0.6b"}  # real sizes (0.6-0.7 B): GPU stacks and cost measurements, not CPU tests
 
 
 def available(include_speed_models: bool = False) -> list[str]:
@@ -21,14 +21,15 @@ def available(include_speed_models: bool = False) -> list[str]:
 
 
 def main() -> None:
-    """``python -m pytest_infer.architectures NAME OUT_DIR``: build one model and print its path."""
+    """``python -m pytest_infer.runtime.architectures NAME OUT_DIR [DTYPE]``: build one model, print its path."""
     import sys
 
-    print(build(sys.argv[1], Path(sys.argv[2])))
+    print(build(sys.argv[1], Path(sys.argv[2]), dtype=sys.argv[3] if len(sys.argv) > 3 else None))
 
 
-def build(name: str, out: Path, seed: int = 0) -> Path:
-    """Build ``fixtures/configs/<name>.json`` with seeded random weights into ``out`` (reused if present)."""
+def build(name: str, out: Path, seed: int = 0, dtype: str | None = None) -> Path:
+    """Build ``fixtures/configs/<name>.json`` with seeded random weights into ``out`` (reused if present); real-size
+    configs in bfloat16 unless ``dtype`` says otherwise (``float32``)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -40,7 +41,8 @@ def build(name: str, out: Path, seed: int = 0) -> Path:
     spec.pop("architectures", None)
     config = AutoConfig.for_model(model_type, **spec)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if name in SPEED_ONLY else None)
+    chosen = getattr(torch, dtype) if dtype else torch.bfloat16 if name in SPEED_ONLY else None
+    model = AutoModelForCausalLM.from_config(config, dtype=chosen)
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer_dir = fixtures_dir() / "tiny-llama"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,13 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompts: tuple[str, ...]
+
+    def digest(self) -> str:
+        """What makes two batches the same input (token ids, mask, shape): the key of a forward's result."""
+        h = hashlib.sha1(repr(tuple(self.input_ids.shape)).encode())
+        h.update(repr(self.input_ids.tolist()).encode())
+        h.update(repr(self.attention_mask.tolist()).encode())
+        return h.hexdigest()
 
     def rows(self) -> list[Batch]:
         """Each prompt alone, padding removed (for kernels without mask support)."""

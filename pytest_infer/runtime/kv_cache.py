@@ -1,4 +1,6 @@
-"""Checks of KV-cache techniques beyond token parity.
+"""KV caches as ``generate`` builds them: what a technique's arguments ask for (:func:`expected_cache`), what the
+cache holds (:func:`describe_cache`: classes, bits, key/value bytes apart from recurrent-state bytes), the
+generation that returns it, and the static cache length. The checks that use these: ``checks/caching.py``.
 
 - **Requested == effective.** ``generate`` builds the cache from ``cache_implementation`` and
   ``cache_config``; names and backends have silently fallen back before (a deprecated name mapped to a
@@ -19,17 +21,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_infer.core.technique import Technique, resolve_kwargs
-from pytest_infer.runtime.generated import never_token
+from pytest_infer.runtime.generated import never_token, output_cache
 from pytest_infer.runtime.memory import storage_bytes
 
 QUANTIZED_LAYERS = {"quanto": "QuantoQuantizedLayer", "hqq": "HQQQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
-DYNAMIC_LAYERS = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer"})
-STATIC_LAYERS = frozenset({"StaticLayer", "StaticSlidingWindowLayer"})
+# cache layer classes by kind (Transformers' cache_utils): attention keys/values, recurrent state, both
+KV_DYNAMIC = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer", "DynamicIndexedLayer"})
+KV_STATIC = frozenset({"StaticLayer", "StaticSlidingWindowLayer", "StaticIndexedLayer"})
+STATE_LAYERS = frozenset({"LinearAttentionLayer"})  # conv and recurrent (SSM) state: no keys or values
+HYBRID_DYNAMIC = frozenset({"LinearAttentionAndFullAttentionLayer", "LinearAttentionAndSlidingWindowAttentionLayer"})
+HYBRID_STATIC = frozenset(
+    {"LinearAttentionAndStaticFullAttentionLayer", "LinearAttentionAndStaticSlidingWindowAttentionLayer"}
+)
+NEUTRAL_LAYERS = frozenset({"DummyLayer"})  # layers that cache nothing (MoE / MLP-only / shared-KV layers)
+STATE_ATTRIBUTES = ("conv_states", "recurrent_states")
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """What a technique's ``generate`` arguments ask for."""
+    """What a technique's ``generate`` arguments ask for: the cache class, the layer classes it may hold, and those
+    of which at least one must be there (the layers the request is about: a static cache on a model whose layers
+    keep only recurrent state holds no static layer, and is not what was asked for)."""
 
     implementation: str
     cache_class: str
@@ -37,40 +49,52 @@ class CacheSpec:
     offloading: bool
     nbits: int | None = None
     residual_length: int | None = None
+    required: frozenset[str] = frozenset()
 
 
 def expected_cache(generate_kwargs: dict[str, Any]) -> CacheSpec:
     impl = generate_kwargs.get("cache_implementation") or "dynamic"
     cfg = generate_kwargs.get("cache_config") or {}
-    if impl in ("dynamic", "offloaded"):
-        return CacheSpec(impl, "DynamicCache", DYNAMIC_LAYERS, impl == "offloaded")
+    dynamic = KV_DYNAMIC | STATE_LAYERS | HYBRID_DYNAMIC | NEUTRAL_LAYERS
+    if impl == "dynamic":
+        return CacheSpec(impl, "DynamicCache", dynamic, False)
+    if impl == "offloaded":
+        return CacheSpec(impl, "DynamicCache", dynamic, True, required=KV_DYNAMIC | HYBRID_DYNAMIC)
     if impl in ("static", "offloaded_static"):
-        return CacheSpec(impl, "StaticCache", STATIC_LAYERS, impl == "offloaded_static")
+        static = KV_STATIC | STATE_LAYERS | HYBRID_STATIC | NEUTRAL_LAYERS
+        return CacheSpec(impl, "StaticCache", static, impl == "offloaded_static", required=KV_STATIC | HYBRID_STATIC)
     if impl == "quantized":
         backend = str(cfg.get("backend", "quanto")).lower()
-        layer = QUANTIZED_LAYERS.get(backend, f"<unknown backend {backend!r}>")
+        layer = frozenset({QUANTIZED_LAYERS.get(backend, f"<unknown backend {backend!r}>")})
         return CacheSpec(
-            impl, "QuantizedCache", frozenset({layer}), False, cfg.get("nbits"), cfg.get("residual_length")
+            impl, "QuantizedCache", layer, False, cfg.get("nbits"), cfg.get("residual_length"), required=layer
         )
     return CacheSpec(impl, "?", frozenset(), False)
 
 
-def _layer_tensors(layer: Any) -> list[Any]:
+def _layer_tensors(layer: Any) -> tuple[list[Any], list[Any]]:
+    """(key/value tensors, recurrent-state tensors) a cache layer holds."""
     import torch
 
-    out: list[Any] = []
-    for value in vars(layer).values():
-        if isinstance(value, torch.Tensor):
-            out.append(value)
-        elif isinstance(value, (tuple, list)):
-            out.extend(v for v in value if isinstance(v, torch.Tensor))
-    return out
+    kv: list[Any] = []
+    state: list[Any] = []
+    for name, value in vars(layer).items():
+        into = state if name in STATE_ATTRIBUTES else kv
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else [value]
+        into.extend(v for v in values if isinstance(v, torch.Tensor))
+    return kv, state
 
 
 def describe_cache(cache: Any, device_type: str) -> dict[str, Any]:
-
+    """What a cache holds: its class, layer classes, offloading, bits, residual length, and bytes apart: key/value
+    bytes (``kv_bytes``, on the device: ``kv_device_bytes``) and recurrent-state bytes (``state_bytes``)."""
     layers = list(getattr(cache, "layers", []))
-    tensors = [t for layer in layers for t in _layer_tensors(layer)]
+    kv: list[Any] = []
+    state: list[Any] = []
+    for layer in layers:
+        k, s_ = _layer_tensors(layer)
+        kv.extend(k)
+        state.extend(s_)
     return {
         "class": type(cache).__name__,
         "layers": sorted({type(layer).__name__ for layer in layers}),
@@ -79,8 +103,9 @@ def describe_cache(cache: Any, device_type: str) -> dict[str, Any]:
         "residual_length": sorted(
             {n for layer in layers if (n := getattr(layer, "residual_length", None)) is not None}
         ),
-        "kv_bytes": storage_bytes(tensors),
-        "kv_device_bytes": storage_bytes(tensors, device_type=device_type),
+        "kv_bytes": storage_bytes(kv),
+        "kv_device_bytes": storage_bytes(kv, device_type=device_type),
+        "state_bytes": storage_bytes(state),
     }
 
 
@@ -104,9 +129,7 @@ def generate_with_cache(
             pad_token_id=tokenizer.pad_token_id,
             **kwargs,
         )
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
+    cache = output_cache(out)
     return out.sequences[:, batch.input_ids.shape[1] :].tolist(), cache
 
 

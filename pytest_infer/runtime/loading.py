@@ -11,6 +11,7 @@ from pytest_infer.core.errors import ExplainedFailure
 from pytest_infer.core.redact import mask
 from pytest_infer.core.technique import Technique, resolve_kwargs
 from pytest_infer.runtime.checkpoint import loading_problem, nonfinite_problem
+from pytest_infer.runtime.quiet import quiet_progress_bars
 
 
 class ModelLoadError(ExplainedFailure):
@@ -111,7 +112,8 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
     kwargs.update(resolve_kwargs(technique.load_kwargs, device=device, dtype=dtype))
     quantizing = "quantization_config" in kwargs  # a quantizer may add or drop tensors of its own
     try:
-        loaded: Any = AutoModelForCausalLM.from_pretrained(source.name_or_path, output_loading_info=True, **kwargs)
+        with quiet_progress_bars():  # the plugin's progress lines say what loads; no bar in captured output
+            loaded: Any = AutoModelForCausalLM.from_pretrained(source.name_or_path, output_loading_info=True, **kwargs)
     except Exception as exc:
         raise ModelLoadError(
             mask(f"loading {source.label} with {technique.name} ({dtype}) failed: {_why(exc, source)}"), exc

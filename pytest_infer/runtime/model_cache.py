@@ -16,6 +16,8 @@ from typing import Any
 
 from pytest_infer.runtime.memory import weight_bytes
 
+RECENT_SLOTS = 2  # forwards kept beyond the session's reference tensors (a real vocabulary's logits are large)
+
 
 class ModelCache:
     """Least-recently-used store of loaded models and computed reference tensors, bounded in count
@@ -31,6 +33,7 @@ class ModelCache:
         self._device: dict[Hashable, str] = {}
         self._tensors: dict[Hashable, Any] = {}
         self.refused: dict[Hashable, str] = {}  # (source, dtype) -> why its checkpoint was refused: not loaded again
+        self._recent: OrderedDict[Hashable, Any] = OrderedDict()  # the last few forwards (see recent)
         self.loads = 0
         self.evictions = 0
 
@@ -74,9 +77,24 @@ class ModelCache:
             self._evict()
 
     def tensor(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+        """A computed value kept for the session (reference tensors, launches, preflight answers)."""
         if key not in self._tensors:
             self._tensors[key] = factory()
         return self._tensors[key]
+
+    def recent(self, key: Hashable, factory: Callable[[], Any], slots: int = RECENT_SLOTS) -> Any:
+        """A computed value kept among the last ``slots`` (a forward two checks of one technique both need: the
+        logit check's padded batch is the padding sweep's first point), or a session value under the same key."""
+        if key in self._tensors:
+            return self._tensors[key]
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
+        value = factory()
+        self._recent[key] = value
+        while len(self._recent) > slots:
+            self._recent.popitem(last=False)
+        return value
 
     def discard(self, key: Hashable) -> None:
         """Drop one model (e.g. after it raised: compiled state may be left half-built)."""
@@ -98,6 +116,7 @@ class ModelCache:
         self._bytes.clear()
         self._device.clear()
         self._tensors.clear()
+        self._recent.clear()
         release_memory()
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_infer.core.dtypes import half_only, half_only_on
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.requirements import Requirements
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Technique
@@ -48,6 +49,20 @@ def _attn(name: str, impl: str, description: str, **kw: Any) -> Technique:
     )
 
 
+def _flash_backend_applies(facts: ModelFacts, stack: Stack) -> str | None:
+    """SDPA's flash backend needs as many key/value heads as query heads unless the call asks for grouped-query
+    attention (Transformers' interface does; a model that calls SDPA itself, like Falcon, may not), and on cuda it
+    takes no attention mask (an ALiBi bias is one)."""
+    if facts.calls_sdpa_itself and facts.kv_heads and facts.kv_heads != facts.heads:
+        return (
+            f"{facts.class_name} calls SDPA itself with {facts.kv_heads} key/value heads for {facts.heads} query heads "
+            "and no enable_gqa: the flash backend needs equal head counts ('No available kernel')"
+        )
+    if stack.device_kind == "cuda" and facts.alibi:
+        return f"{facts.class_name} passes its ALiBi bias as an attention mask; the CUDA flash backend takes no mask"
+    return None
+
+
 def builtin() -> list[Technique]:
     cuda_only = frozenset({"cuda"})
     return [
@@ -70,6 +85,7 @@ def builtin() -> list[Technique]:
             ),
             dtype_check=half_only_on("cuda", "the SDPA flash backend"),
             padded_batches=False,
+            applies=_flash_backend_applies,
         ),
         _attn(
             "sdpa_efficient",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_infer.core.expectation import Expectation
+from pytest_infer.core.model_facts import ModelFacts
 from pytest_infer.core.requirements import Requirements
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Lazy, Technique
@@ -138,14 +139,61 @@ def _tol(max_kl: float, mean_kl: float, min_top1: float, tie_margin: float, min_
     return dict.fromkeys(("float32", "bfloat16", "float16"), base)
 
 
+COVERED = 0.9  # the share of linear + fused-expert weights a weight format must really store quantized
+
+
 def _storage(float32: float, half: float) -> tuple[Expectation, ...]:
     """Bytes of the quantized layers (scales included) vs. the same layers unquantized in the same dtype:
     a property of the scheme, not of the model (embeddings and lm_head stay unquantized, so the
-    whole-model ratio depends on their share: reported as weight_memory_ratio)."""
+    whole-model ratio depends on their share: reported as weight_memory_ratio); and the share of the linear and
+    fused-expert weights stored quantized (``covered_fraction``: a Linear-only scheme leaves a mixture of experts'
+    fused expert parameters, most of its weights, in full precision)."""
     return (
         Expectation("quantized_layers_ratio", "<=", float32, dtypes=("float32",)),
         Expectation("quantized_layers_ratio", "<=", half, dtypes=("bfloat16", "float16")),
+        Expectation("covered_fraction", ">=", COVERED),
     )
+
+
+def _weight_used_outside_linear(facts: ModelFacts, stack: Stack) -> str | None:
+    """bitsandbytes and HQQ replace each nn.Linear by a module of their own: code that reads a linear's weight
+    outside its forward (Mamba's ``self.dt_proj.weight @ time_step``) gets int8 or packed data."""
+    if facts.weight_matmul:
+        return (
+            f"{facts.class_name} uses a linear layer's weight outside its forward ({', '.join(facts.weight_matmul)}): "
+            "the quantized weight this scheme stores there is not a float matrix"
+        )
+    return None
+
+
+def _linear_only(facts: ModelFacts, stack: Stack) -> str | None:
+    """torchao, quanto and HQQ quantize nn.Linear layers only: GPT-2's projections are Transformers' Conv1D modules
+    (bitsandbytes converts those too), so nothing would be quantized."""
+    if facts.conv1d_weights and not facts.linear_weights:
+        return (
+            f"{facts.class_name}'s projections are Transformers Conv1D modules, not nn.Linear: this scheme quantizes "
+            "nn.Linear layers only, so it would quantize nothing"
+        )
+    return None
+
+
+def _quanto_applies(facts: ModelFacts, stack: Stack) -> str | None:
+    return _linear_only(facts, stack)
+
+
+def _hqq_applies(facts: ModelFacts, stack: Stack) -> str | None:
+    return _linear_only(facts, stack) or _weight_used_outside_linear(facts, stack)
+
+
+def _weight_swapped_in_place(facts: ModelFacts, stack: Stack) -> str | None:
+    """torchao keeps each module's class and swaps its weight for a tensor subclass that implements what
+    ``nn.Linear.forward`` needs (linear), not a module's own matmul (Falcon's ``input @ self.weight.T``)."""
+    if facts.own_linear_forward:
+        return (
+            f"{facts.class_name}'s linear layers compute with their weight themselves "
+            f"({', '.join(facts.own_linear_forward)}.forward): torchao's quantized weight supports nn.Linear.forward only"
+        )
+    return _linear_only(facts, stack) or _weight_used_outside_linear(facts, stack)
 
 
 def builtin() -> list[Technique]:
@@ -172,6 +220,7 @@ def builtin() -> list[Technique]:
             requirements=bnb,
             tolerances=int8,
             expectations=_storage(0.27, 0.53),
+            applies=_weight_used_outside_linear,
         ),
         Technique(
             name="bnb_nf4",
@@ -182,6 +231,7 @@ def builtin() -> list[Technique]:
             tolerances=int4,
             expectations=_storage(0.16, 0.30),
             prepare=check_compute_dtype,
+            applies=_weight_used_outside_linear,
         ),
         Technique(
             name="bnb_fp4",
@@ -192,6 +242,7 @@ def builtin() -> list[Technique]:
             tolerances=int4,
             expectations=_storage(0.16, 0.30),
             prepare=check_compute_dtype,
+            applies=_weight_used_outside_linear,
         ),
         Technique(
             name="torchao_int8_weight_only",
@@ -201,6 +252,7 @@ def builtin() -> list[Technique]:
             requirements=torchao,
             tolerances=int8,
             expectations=_storage(0.27, 0.53),
+            applies=_weight_swapped_in_place,
         ),
         Technique(
             name="torchao_int8_dynamic",
@@ -210,6 +262,7 @@ def builtin() -> list[Technique]:
             requirements=torchao,
             tolerances=int8,
             expectations=_storage(0.27, 0.53),
+            applies=_weight_swapped_in_place,
         ),
         Technique(
             name="torchao_int4_weight_only",
@@ -219,6 +272,7 @@ def builtin() -> list[Technique]:
             requirements=torchao_cuda,
             tolerances=int4,
             expectations=_storage(0.16, 0.32),  # packed int4 + bf16 scale and zero per 64: 0.281 of bf16
+            applies=_weight_swapped_in_place,
         ),
         Technique(
             name="torchao_float8_weight_only",
@@ -230,6 +284,7 @@ def builtin() -> list[Technique]:
             ),
             tolerances=int8,
             expectations=_storage(0.27, 0.53),
+            applies=_weight_swapped_in_place,
         ),
         Technique(
             name="quanto_int8",
@@ -239,6 +294,7 @@ def builtin() -> list[Technique]:
             requirements=quanto,
             tolerances=int8,
             expectations=_storage(0.27, 0.53),
+            applies=_quanto_applies,
         ),
         Technique(
             name="quanto_int4",
@@ -251,6 +307,7 @@ def builtin() -> list[Technique]:
             # quanto's packed int4 weights fail under torch.inference_mode (known issue; the inference-mode
             # check keeps testing it): parity runs under no_grad, as generate() does
             inference_mode=False,
+            applies=_quanto_applies,
         ),
         Technique(
             name="hqq_4bit",
@@ -260,5 +317,6 @@ def builtin() -> list[Technique]:
             requirements=Requirements(custom=(hqq_usable,)),
             tolerances=int4,
             expectations=_storage(0.16, 0.30),
+            applies=_hqq_applies,
         ),
     ]
