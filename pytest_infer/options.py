@@ -312,6 +312,16 @@ def ini_type(opt: Option, pytest_version: tuple[int, ...]) -> Any:
     return "string"
 
 
+def as_written(config: Any, name: str, value: Any) -> Any:
+    """``value`` of ini key ``name`` as the file wrote it, where pytest converted an INI string to a number with
+    ``int()``/``float()`` (which take ``1_000`` and ``٣``): our reader applies one rule to every number (issue 20)."""
+    entry = getattr(config, "_inicfg", {}).get(name)
+    text = getattr(entry, "value", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(text, str):
+        return text if getattr(entry, "mode", "ini") == "ini" else value
+    return value
+
+
 def parse_bool(value: str | bool, what: str) -> bool:
     if isinstance(value, bool):
         return value

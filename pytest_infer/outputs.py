@@ -47,7 +47,7 @@ def check_outputs(cfg: InferConfig, config: pytest.Config) -> None:
         (f"${STEP_SUMMARY}", os.environ.get(STEP_SUMMARY, "")),
     ]
     inputs = [("--infer-prompts", cfg.prompts)]
-    folders = [("--infer-model", cfg.model if Path(cfg.model).is_dir() else "")]
+    folders = [("--infer-model", cfg.model if Path(cfg.model).is_dir() else ""), ("--infer-golden", cfg.golden)]
     if config.pluginmanager.hasplugin("benchmark"):
         storage = _option(config, "benchmark_storage") or ".benchmarks"
         folders.append(("pytest-benchmark's storage", storage.removeprefix("file://")))

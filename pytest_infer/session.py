@@ -342,7 +342,7 @@ def ini_reader(config: pytest.Config) -> Callable[[str], Any]:
 
     def read(name: str) -> Any:
         try:
-            return config.getini(name)
+            return options.as_written(config, name, config.getini(name))
         except pytest.UsageError as exc:
             text = str(exc)
             if config.inipath is not None:

@@ -440,6 +440,12 @@ NUMBERS = [
         ini="infer_max_models = 1_000",
     ),
     Bad(
+        "ini-timeout-arabic-digit",  # pytest's typed ini reading would take it (int('\u0663') == 3)
+        (),
+        ("ini option infer_timeout: expected an integer, got '\u0663'", NON_ASCII, "tox.ini)"),
+        ini="infer_timeout = \u0663",
+    ),
+    Bad(
         "ini-timeout-negative",
         (),
         ("ini option infer_timeout: must be at least 0, got -5", "tox.ini)"),
@@ -541,6 +547,15 @@ OUTPUTS = [
         ("--infer-markdown", "summary.md"),
         ("$GITHUB_STEP_SUMMARY summary.md: the same file as --infer-markdown summary.md",),
         env={"GITHUB_STEP_SUMMARY": "summary.md"},
+    ),
+    Bad(
+        "report-over-a-golden",
+        ("--infer-golden", "goldens", "--infer-report", "goldens/tiny/cpu/float32/sdpa.logits.json"),
+        (
+            "--infer-report goldens/tiny/cpu/float32/sdpa.logits.json: an existing file of --infer-golden",
+            "which is read, not written",
+        ),
+        plant=(_plant("goldens/tiny/cpu/float32/sdpa.logits.json", "{}"),),
     ),
     Bad(
         "plot-through-a-link-to-the-report",

@@ -168,8 +168,9 @@ def test_an_unwritable_output_is_a_warning_and_reports_are_strict_json(
     pytester.makepyfile(
         test_nan="""
         def test_records_a_nan(infer_session):
-            infer_session.record({"check": "logits", "technique": "mine", "device": "cpu", "dtype": "float32",
-                                  "passed": True, "metrics": {"max_abs": float("nan"), "top1": float("inf")}})
+            infer_session.record({"kind": "custom", "check": "logits", "variant": "", "technique": "mine",
+                                  "device": "cpu", "dtype": "float32", "passed": True, "failures": [],
+                                  "metrics": {"max_abs": float("nan"), "top1": float("inf")}})
         """
     )
     result = run_infer("--infer-report=r.json", "--infer-markdown=m.md", "test_nan.py")
