@@ -217,7 +217,7 @@ class Guards:
         try:
             result = yield
         except BaseException:
-            leaks = self._put_back(before)
+            leaks = self._put_back(before, item)
             if leaks:
                 item.add_report_section("call", "infer state", leaked_message(leaks))
             raise
@@ -227,14 +227,15 @@ class Guards:
                 signal.signal(signal.SIGALRM, previous)
             if self.timeout_s > 0 and self.isolated:
                 faulthandler.cancel_dump_traceback_later()
-        leaks = self._put_back(before)
+        leaks = self._put_back(before, item)
         if leaks:
             pytest.fail(leaked_message(leaks), pytrace=False)
         return result
 
-    def _put_back(self, before: state.Snapshot) -> list[str]:
-        leaks = state.changes(before, self.allowed_attention)
-        state.restore(before, self.allowed_attention)
+    def _put_back(self, before: state.Snapshot, item: pytest.Item) -> list[str]:
+        exempt = _monkeypatched(item)
+        leaks = state.changes(before, self.allowed_attention, exempt)
+        state.restore(before, self.allowed_attention, exempt)
         if leaks:
             self.on_leak()
         return leaks
@@ -247,6 +248,15 @@ def leaked_message(leaks: list[str]) -> str:
         f"after it:\n{lines}\nrestored now, and the session's models dropped; a technique must undo what it "
         "changes (a context manager: Technique(context=...)), or change only its own model"
     )
+
+
+def _monkeypatched(item: pytest.Item) -> state.Exempt:
+    """What the test's ``monkeypatch`` fixture set (attributes, dict items, environment variables): it puts them
+    back itself at teardown, so they are not leaks."""
+    patcher = getattr(item, "funcargs", {}).get("monkeypatch")
+    pairs = [(id(owner), name) for owner, name, _ in getattr(patcher, "_setattr", ())]
+    pairs += [(id(mapping), key) for mapping, key, _ in getattr(patcher, "_setitem", ())]
+    return frozenset(pairs)
 
 
 def _is_infer_item(item: pytest.Item) -> bool:

@@ -192,7 +192,13 @@ def test_state_a_test_leaves_does_not_reach_the_next(pytester: pytest.Pytester, 
             torch.rand(3)
 
 
+        def test_monkeypatch_puts_back_itself(infer_config, monkeypatch):
+            monkeypatch.setattr(torch.nn.functional, "gelu", my_attention)  # not a leak: undone at teardown
+            monkeypatch.setenv("SET_BY_MONKEYPATCH", "1")
+
+
         def test_sees_clean_state(infer_config):
+            assert torch.nn.functional.gelu is not my_attention and "SET_BY_MONKEYPATCH" not in os.environ
             assert torch.get_default_dtype() == torch.float32
             assert "left_behind" not in AttentionInterface._global_mapping
             assert "softmax" not in vars(torch.Tensor)
@@ -203,7 +209,7 @@ def test_state_a_test_leaves_does_not_reach_the_next(pytester: pytest.Pytester, 
         """
     )
     result = run_infer("-p", "no:randomly", "test_state.py")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*test_leaves_state*",
@@ -217,6 +223,7 @@ def test_state_a_test_leaves_does_not_reach_the_next(pytester: pytest.Pytester, 
         ]
     )
     assert "could be a secret" not in result.stdout.str()  # names only, never values
+    assert "gelu" not in result.stdout.str() and "SET_BY_MONKEYPATCH" not in result.stdout.str()
 
 
 LEAKY = """

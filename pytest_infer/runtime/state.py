@@ -213,7 +213,10 @@ def snapshot() -> Snapshot:
     return snap
 
 
-def _replaced(before: Snapshot) -> Iterator[tuple[str, str, Any]]:
+Exempt = frozenset[tuple[int, Any]]  # (id of an owner or mapping, attribute or key) someone else puts back
+
+
+def _replaced(before: Snapshot, exempt: Exempt = frozenset()) -> Iterator[tuple[str, str, Any]]:
     """(owner's name, attribute, its value now or _MISSING) for each watched function replaced or deleted."""
     for owner, where, saved in before.owners:
         now = vars(owner)
@@ -221,11 +224,17 @@ def _replaced(before: Snapshot) -> Iterator[tuple[str, str, Any]]:
             continue  # the common case, decided in C
         for attr, value in saved.items():
             current = now.get(attr, _MISSING)
+            if (id(owner), attr) in exempt:
+                continue
             if current is not value and _patchable(value) and f"{where}.{attr}" not in FOLLOWERS:
                 yield where, attr, current
         if isinstance(owner, type):  # a method set on a class over the one it inherits (torch.Tensor.softmax = f)
             for attr in set(now) - set(saved):
-                if _patchable(now[attr]) and any(attr in vars(base) for base in owner.__mro__[1:]):
+                if (
+                    (id(owner), attr) not in exempt
+                    and _patchable(now[attr])
+                    and any(attr in vars(base) for base in owner.__mro__[1:])
+                ):
                     yield where, attr, now[attr]
 
 
@@ -246,10 +255,13 @@ def _origin(value: Any) -> str:
         return str(name)
 
 
-def changes(before: Snapshot, allowed_registrations: frozenset[str] = frozenset()) -> list[str]:
-    """What differs now from ``before``, one line each (empty: nothing)."""
+def changes(
+    before: Snapshot, allowed_registrations: frozenset[str] = frozenset(), exempt: Exempt = frozenset()
+) -> list[str]:
+    """What differs now from ``before``, one line each (empty: nothing); ``exempt``: what someone else puts back
+    (pytest's ``monkeypatch`` at teardown), neither reported nor restored."""
     out: list[str] = []
-    for where, attr, now in _replaced(before):
+    for where, attr, now in _replaced(before, exempt):
         out.append(f"{where}.{attr} deleted" if now is _MISSING else f"{where}.{attr} replaced by {_origin(now)}")
     torch = sys.modules.get("torch")
     for flag in FLAGS:
@@ -260,6 +272,8 @@ def changes(before: Snapshot, allowed_registrations: frozenset[str] = frozenset(
                 out.append(f"{flag.name}: {before.flags[flag.name]!r} -> {now!r}{kept}")
     environment = _environment()
     for name in sorted(set(before.environment) | set(environment)):
+        if (id(os.environ), name) in exempt:
+            continue
         if name not in environment:
             out.append(f"environment variable {name} unset")
         elif name not in before.environment:
@@ -269,15 +283,18 @@ def changes(before: Snapshot, allowed_registrations: frozenset[str] = frozenset(
     for name, old in before.configs.items():
         new = sys.modules[name].get_config_copy()
         out.extend(
-            f"{name}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if _differs(new.get(k), old.get(k))
+            f"{name}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+            for k in sorted(new)
+            if (id(sys.modules[name]), k) not in exempt and _differs(new.get(k), old.get(k))
         )
     for name, mapping in _registries():
         if name not in before.registries:
             continue  # imported during the test: its entries are Transformers' own
         old = before.registries[name]
-        for key in sorted(set(mapping) - set(old) - allowed_registrations):
+        mine = allowed_registrations | {k for i, k in exempt if i == id(mapping)}
+        for key in sorted(set(mapping) - set(old) - mine):
             out.append(f"{name}: function {key!r} registered ({_origin(mapping[key])})")
-        for key in sorted(set(old) - allowed_registrations):
+        for key in sorted(set(old) - mine):
             if key not in mapping:
                 out.append(f"{name}: function {key!r} removed")
             elif mapping[key] is not old[key]:
@@ -285,14 +302,18 @@ def changes(before: Snapshot, allowed_registrations: frozenset[str] = frozenset(
     return out
 
 
-def restore(before: Snapshot, allowed_registrations: frozenset[str] = frozenset()) -> None:
+def restore(
+    before: Snapshot, allowed_registrations: frozenset[str] = frozenset(), exempt: Exempt = frozenset()
+) -> None:
     """Put back what :func:`changes` reports (what can be set back)."""
     for owner, _, attributes in before.owners:
         for attr, value in attributes.items():
+            if (id(owner), attr) in exempt:
+                continue
             if _patchable(value) and vars(owner).get(attr, _MISSING) is not value:
                 setattr(owner, attr, value)
     by_name = {where: (owner, attributes) for owner, where, attributes in before.owners}
-    for where, attr, _ in list(_replaced(before)):  # what is left: methods set over inherited ones
+    for where, attr, _ in list(_replaced(before, exempt)):  # what is left: methods set over inherited ones
         owner, attributes = by_name[where]
         if attr not in attributes and attr in vars(owner):
             delattr(owner, attr)
@@ -307,23 +328,25 @@ def restore(before: Snapshot, allowed_registrations: frozenset[str] = frozenset(
                 flag.put(torch, before.flags[flag.name])
     environment = _environment()
     for name in set(environment) - set(before.environment):
-        del os.environ[name]
+        if (id(os.environ), name) not in exempt:
+            del os.environ[name]
     for name, value in before.environment.items():
-        if environment.get(name) != value:
+        if environment.get(name) != value and (id(os.environ), name) not in exempt:
             os.environ[name] = value
     for name, old in before.configs.items():
         config = sys.modules[name]
         new = config.get_config_copy()
         for key in new:
-            if _differs(new[key], old.get(key)):
+            if (id(config), key) not in exempt and _differs(new[key], old.get(key)):
                 setattr(config, key, old.get(key))
     for name, mapping in _registries():
         if name not in before.registries:
             continue
         old = before.registries[name]
-        for key in set(mapping) - set(old) - allowed_registrations:
+        mine = allowed_registrations | {k for i, k in exempt if i == id(mapping)}
+        for key in set(mapping) - set(old) - mine:
             del mapping[key]
-        for key in set(old) - allowed_registrations:
+        for key in set(old) - mine:
             if mapping.get(key, _MISSING) is not old[key]:
                 mapping[key] = old[key]
 
