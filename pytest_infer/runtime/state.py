@@ -50,7 +50,13 @@ MODULE_PATTERNS = (
 )
 _WATCHED = re.compile("|".join(fnmatch.translate(p) for p in MODULE_PATTERNS))
 CLASSES = (("torch._tensor", "Tensor"),)  # classes defined outside the watched modules
-FOLLOWERS = frozenset({"torch.Storage"})  # torch rebinds it in set_default_dtype: the dtype flag reports that
+FOLLOWERS = frozenset({"torch.Storage"})
+# torch patches itself when dynamo is first used (Module.__init__ tagging, manual_seed wrapped to disable dynamo),
+# once per process: a replacement whose code lives here is torch's own, neither a change nor put back
+LIBRARY_CODE = (
+    os.path.join("torch", "_dynamo", ""),
+    os.path.join("torch", "_compile.py"),
+)  # torch rebinds it in set_default_dtype: the dtype flag reports that
 # set by torch on first use (the inductor's cache folder, CUDA's lazy module loading), never by a technique
 LIBRARY_ENVIRONMENT = (
     "_TORCHINDUCTOR_*",
@@ -224,9 +230,9 @@ def _replaced(before: Snapshot, exempt: Exempt = frozenset()) -> Iterator[tuple[
             continue  # the common case, decided in C
         for attr, value in saved.items():
             current = now.get(attr, _MISSING)
-            if (id(owner), attr) in exempt:
+            if current is value or (id(owner), attr) in exempt or _library_own(current):
                 continue
-            if current is not value and _patchable(value) and f"{where}.{attr}" not in FOLLOWERS:
+            if _patchable(value) and f"{where}.{attr}" not in FOLLOWERS:
                 yield where, attr, current
         if isinstance(owner, type):  # a method set on a class over the one it inherits (torch.Tensor.softmax = f)
             for attr in set(now) - set(saved):
@@ -236,6 +242,15 @@ def _replaced(before: Snapshot, exempt: Exempt = frozenset()) -> Iterator[tuple[
                     and any(attr in vars(base) for base in owner.__mro__[1:])
                 ):
                     yield where, attr, now[attr]
+
+
+def _library_own(value: Any) -> bool:
+    """Whether ``value`` is torch's own first-use patch (its code in :data:`LIBRARY_CODE`)."""
+    try:
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        return any(part in code.co_filename for part in LIBRARY_CODE) if code is not None else False
+    except Exception:  # objects whose attribute lookup raises (torch's class proxies)
+        return False
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -308,9 +323,10 @@ def restore(
     """Put back what :func:`changes` reports (what can be set back)."""
     for owner, _, attributes in before.owners:
         for attr, value in attributes.items():
-            if (id(owner), attr) in exempt:
+            current = vars(owner).get(attr, _MISSING)
+            if current is value or (id(owner), attr) in exempt or _library_own(current):
                 continue
-            if _patchable(value) and vars(owner).get(attr, _MISSING) is not value:
+            if _patchable(value):
                 setattr(owner, attr, value)
     by_name = {where: (owner, attributes) for owner, where, attributes in before.owners}
     for where, attr, _ in list(_replaced(before, exempt)):  # what is left: methods set over inherited ones
