@@ -245,8 +245,8 @@ def leaked_message(leaks: list[str]) -> str:
     lines = "\n".join(f"  - {line}" for line in leaks)
     return (
         "pytest-infer: this test left process-wide state changed, which would change the results of the tests "
-        f"after it:\n{lines}\nrestored now, and the session's models dropped; a technique must undo what it "
-        "changes (a context manager: Technique(context=...)), or change only its own model"
+        f"after it:\n{lines}\nrestored now, and the session's models dropped; a technique must change only its own "
+        "model (in prepare), or undo what it changes before its test ends"
     )
 
 

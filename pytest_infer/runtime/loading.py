@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +115,7 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
     kwargs.update(resolve_kwargs(technique.load_kwargs, device=device, dtype=dtype))
     quantizing = "quantization_config" in kwargs  # a quantizer may add or drop tensors of its own
     try:
-        with quiet_progress_bars():  # the plugin's progress lines say what loads; no bar in captured output
+        with quiet_progress_bars(), _inductor_config_kept(quantizing):  # no bar in captured output
             loaded: Any = AutoModelForCausalLM.from_pretrained(source.name_or_path, output_loading_info=True, **kwargs)
     except Exception as exc:
         raise ModelLoadError(
@@ -136,6 +139,24 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
     if technique.prepare is not None:
         model = technique.prepare(model)
     return model
+
+
+@contextlib.contextmanager
+def _inductor_config_kept(quantizing: bool) -> Iterator[None]:
+    """torchao's quantizer sets process-wide inductor options while it loads (its recommended settings for
+    torch.compile); they would change every later compiled technique, so a quantizing load puts them back."""
+    config: Any = None
+    if quantizing:
+        with contextlib.suppress(Exception):
+            config = importlib.import_module("torch._inductor.config")
+    saved = config.get_config_copy() if config is not None else None
+    try:
+        yield
+    finally:
+        if config is not None and saved is not None:
+            for key, value in config.get_config_copy().items():
+                if key in saved and value != saved[key]:
+                    setattr(config, key, saved[key])
 
 
 def nonfinite_weights(model: Any) -> list[tuple[str, int, int]]:
