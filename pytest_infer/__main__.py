@@ -21,6 +21,7 @@ import fnmatch
 import sys
 
 from pytest_infer.core.detect import detect_stack
+from pytest_infer.core.paths import collision
 from pytest_infer.core.version import __version__
 from pytest_infer.options import OPTIONS
 from pytest_infer.perf.stored import DEFAULT_STORAGE, StorageError, stored_runs
@@ -67,6 +68,10 @@ def merge_command(reports: list[str], markdown: str | None, json_path: str | Non
     the Markdown when neither file is asked for)."""
     from pathlib import Path
 
+    clash = collision([("--markdown", markdown or ""), ("--json", json_path or "")], [("input", r) for r in reports])
+    if clash is not None:
+        sys.stderr.write(f"pytest-infer merge: {clash}\n")
+        return 2
     try:
         merged = merge_reports(load_reports(reports))
     except ReportError as exc:
@@ -95,6 +100,10 @@ def plot_command(report: str, output: str | None) -> int:
     from pathlib import Path
 
     target = output or str(Path(report).with_suffix(".png"))
+    clash = collision([("--output", target)], [("input", report)])
+    if clash is not None:
+        sys.stderr.write(f"pytest-infer plot: {clash}\n")
+        return 2
     try:
         ((_, document),) = load_reports([report])
         written = write_plot(document, target)
@@ -140,6 +149,15 @@ def compare_command(old: str, new: str, threshold: str, markdown: str | None, js
     """``pytest-infer compare``: exit 1 when something regressed, 2 when the input cannot be used."""
     from pathlib import Path
 
+    sides = [("input", old), ("input", new)]
+    clash = collision(
+        [("--markdown", markdown or ""), ("--json", json_path or "")],
+        [s for s in sides if not Path(s[1]).is_dir()],
+        [s for s in sides if Path(s[1]).is_dir()],
+    )
+    if clash is not None:
+        sys.stderr.write(f"pytest-infer compare: {clash}\n")
+        return EXIT_USAGE
     try:
         fraction = parse_threshold(threshold)
         (old_docs, old_skipped), (new_docs, new_skipped) = load_side(old), load_side(new)

@@ -14,12 +14,15 @@ import pytest
 
 from pytest_infer.checks.ranks import cached_preflight
 from pytest_infer.core.case import Case
-from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.errors import ExplainedFailure, TechniqueError
 from pytest_infer.core.known_issues import CHECKS, known_issue
-from pytest_infer.core.resources import GOLDEN_FILES, SUITE_FILES, suites_dir
+from pytest_infer.core.redact import mask
+from pytest_infer.core.resources import GOLDEN_FILES, SUITE_FILES, default_prompts_file, suites_dir
 from pytest_infer.core.technique import FAMILIES
 from pytest_infer.markers import marker_problem
+from pytest_infer.parity.padding import parse_sweep
 from pytest_infer.perf.scenarios import TESTS, prefill_lengths, wanted
+from pytest_infer.runtime.checkpoint import loaded_config, prompt_problem, vocabulary_problem
 from pytest_infer.session import InferSession, families
 from pytest_infer.techniques.applicability import model_reason, size_reason
 
@@ -159,6 +162,20 @@ class Collection:
             items[:] = [i for i in items if i.get_closest_marker("infer_not_selected") is None]
         self._group_by_case(items)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Inputs the model cannot take (a prompt longer than its positions, a vocabulary smaller than its
+        tokenizer) stop the session before any test runs: a usage error, known once the tokenizer loads."""
+        if self.pytest_config.option.collectonly or not any(map(_runs_the_model, session.items)):
+            return
+        problem = input_problem(self.session)
+        if problem is None:
+            return
+        if hasattr(self.pytest_config, "workerinput"):  # a usage error here would be xdist's INTERNALERROR
+            self.session.refusal = mask(problem)  # each test that runs the model errors with it instead
+            return
+        raise pytest.UsageError(f"pytest-infer: {mask(problem)}")
+
     def _group_by_case(self, items: list[pytest.Item]) -> None:
         """In each bundled suite file, a technique's tests run one after the other (techniques in the order
         selected, tests in the file's order), the
@@ -220,6 +237,34 @@ class Collection:
 @functools.lru_cache(maxsize=1)
 def suites_dir_cached() -> Path:
     return suites_dir()
+
+
+MODEL_FIXTURES = frozenset({"infer_tokenizer", "infer_parity", "infer_perf", "infer_batching", "infer_model_loader"})
+
+
+def input_problem(session: InferSession) -> str | None:
+    """What the model cannot take of this run's inputs, known once its tokenizer loads: a vocabulary smaller
+    than the tokenizer's, or a prompt that with the new (or pad) tokens exceeds its positions. None when
+    they fit, or when the tokenizer does not load (its fixture reports that)."""
+    try:
+        tokenizer = session.tokenizer()
+    except ExplainedFailure:
+        return None
+    cfg = session.config
+    config = loaded_config(cfg.model, cfg.trust_remote_code)
+    problem = vocabulary_problem(session.source.label, config, len(tokenizer))
+    if problem is not None:
+        return f"--infer-model {session.source.label}: {problem}"
+    counts = [len(tokenizer(p)["input_ids"]) for p in session.prompts]
+    new_tokens = max((*cfg.new_tokens, *((cfg.perf_new_tokens,) if "perf" in cfg.suites else ())))
+    pad_extra = max(p.extra for p in parse_sweep(session.padding[0]))
+    name = f"--infer-prompts {cfg.prompts}" if cfg.prompts else f"the bundled prompts ({default_prompts_file()})"
+    return prompt_problem(counts, config, new_tokens, pad_extra, name)
+
+
+def _runs_the_model(item: pytest.Item) -> bool:
+    """Whether ``item`` runs the model on the session's prompts (a case of a check, or a fixture that does)."""
+    return _item_case(item) is not None or not MODEL_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def _item_case(item: pytest.Item) -> Case | None:

@@ -16,7 +16,6 @@ from pytest_infer.checks.perf import PerfChecks
 from pytest_infer.core.config import InferConfig
 from pytest_infer.core.registry import Registry
 from pytest_infer.core.stack import Stack
-from pytest_infer.runtime.loading import load_tokenizer
 from pytest_infer.session import SESSION_KEY, InferSession
 
 
@@ -57,7 +56,7 @@ def infer_prompts(infer_session: InferSession) -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def infer_tokenizer(infer_session: InferSession) -> Any:
     """The model's tokenizer, left padding."""
-    return infer_session.cache.tensor(("tokenizer", infer_session.source), lambda: load_tokenizer(infer_session.source))
+    return infer_session.tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,10 @@
   and ends the worker ``GRACE_S`` seconds later. A process has one ``SIGALRM`` timer: where pytest-timeout times
   a test (``--timeout``, its ini key or ``PYTEST_TIMEOUT``, or a ``timeout`` marker), ``--infer-timeout`` defers to
   it for that test and the header says so (:func:`pytest_timeout_seconds`).
-- **State** between tests: the default dtype and the attention registrations a test body made (outside the
-  selected techniques) are restored; the RNGs are seeded per test (``SEED``).
+- **State** between tests: what a test changed of the process-wide state (:mod:`pytest_infer.runtime.state`: patched
+  torch/Transformers functions, thread counts, environment variables, global flags, dynamo config, registered
+  attention functions outside the selected techniques) is restored, and the test that changed it fails with
+  what it changed; the RNGs are seeded per test (``SEED``).
 - **Explained failures** (:class:`~pytest_infer.core.errors.ExplainedFailure`: a model that does not load, a
   kernel that never ran) fail their test with the message alone, wherever they are raised (a check, a fixture,
   a test body calling ``infer_model_loader``): the frames would be library internals.
@@ -28,13 +30,15 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from types import FrameType
 from typing import Any
 
 import pytest
 
 from pytest_infer.core.errors import ExplainedFailure
+from pytest_infer.core.redact import mask
+from pytest_infer.runtime import state
 
 SEED = 0
 GRACE_S = 30
@@ -60,21 +64,68 @@ class _Timeout(Exception):
 
 
 class ExplainedFailures:
-    """An :class:`ExplainedFailure` raised in a test or a fixture fails it with its message, no traceback."""
+    """An :class:`ExplainedFailure` raised in a test or a fixture fails it with its message, no traceback; and
+    in an active session (``-p pytest_infer`` or an ``--infer-*`` option), no failure shows a secret
+    (:func:`~pytest_infer.core.redact.mask` over its text and captured output)."""
+
+    def __init__(self, mask_secrets: bool = True) -> None:
+        self.mask_secrets = mask_secrets
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Generator[None, Any, Any]:
+        report = yield
+        if not self.mask_secrets:
+            return report
+        if report.failed and report.longrepr is not None:
+            text = str(report.longrepr)
+            if mask(text) != text:
+                report.longrepr = mask(text)
+        if report.failed:
+            report.sections = [(title, mask(content)) for title, content in report.sections]
+        return report
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         try:
             return (yield)
         except ExplainedFailure as exc:
-            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            raise pytest.fail.Exception(mask(str(exc)), pytrace=False) from None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
         try:
             return (yield)
         except ExplainedFailure as exc:
-            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            raise pytest.fail.Exception(mask(str(exc)), pytrace=False) from None
+
+
+class TerminationAsInterrupt:
+    """SIGTERM (what CI runners send when a job is cancelled, and ``timeout``/``kill`` by default) handled like
+    Ctrl-C: pytest stops after raising KeyboardInterrupt where the test was, and the session still finishes:
+    the results of the finished tests are written (:mod:`pytest_infer.outputs`). Installed only in the main
+    thread and where SIGTERM still has its default action (a handler someone else installed is left alone); a
+    second SIGTERM ends the process at once."""
+
+    def __init__(self) -> None:
+        self.installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, self._interrupt)
+        self.installed = True
+
+    @staticmethod
+    def _interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM: pytest-infer stops like on Ctrl-C and writes what finished")
+
+    def pytest_unconfigure(self) -> None:
+        if self.installed and signal.getsignal(signal.SIGTERM) == self._interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.installed = False
 
 
 class NoBenchmark:
@@ -106,12 +157,23 @@ def pytest_timeout_seconds(config: pytest.Config, item: pytest.Item | None = Non
 
 
 class Guards:
-    """Per-test timeout and state restoration, for tests that use pytest-infer's fixtures."""
+    """Per-test timeout and state restoration, for tests that use pytest-infer's fixtures.
 
-    def __init__(self, timeout_s: int, isolated: bool, allowed_attention: frozenset[str]) -> None:
+    State (:mod:`pytest_infer.runtime.state`): what a test changed of the process-wide state is put back after it, and
+    a test that passed fails with what it changed (a test that failed gets it as a report section); the
+    session's models and reference tensors are then dropped (``on_leak``): they were made under that state."""
+
+    def __init__(
+        self,
+        timeout_s: int,
+        isolated: bool,
+        allowed_attention: frozenset[str],
+        on_leak: Callable[[], None] = lambda: None,
+    ) -> None:
         self.timeout_s = timeout_s
         self.isolated = isolated
         self.allowed_attention = allowed_attention
+        self.on_leak = on_leak
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         """One line when pytest-timeout times the tests too: which timer a test gets."""
@@ -128,7 +190,7 @@ class Guards:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         if not _is_infer_item(item):
             return (yield)
-        state = _snapshot_state()
+        before = state.snapshot()
         _seed()
         alarm = (
             self.timeout_s > 0
@@ -153,14 +215,48 @@ class Guards:
             # a hang in native code never returns to Python: dump every stack and end this worker
             faulthandler.dump_traceback_later(self.timeout_s + GRACE_S, exit=True, file=sys.stderr)
         try:
-            return (yield)
+            result = yield
+        except BaseException:
+            leaks = self._put_back(before, item)
+            if leaks:
+                item.add_report_section("call", "infer state", leaked_message(leaks))
+            raise
         finally:
             if alarm:
                 signal.alarm(0)
                 signal.signal(signal.SIGALRM, previous)
             if self.timeout_s > 0 and self.isolated:
                 faulthandler.cancel_dump_traceback_later()
-            _restore_state(state, self.allowed_attention)
+        leaks = self._put_back(before, item)
+        if leaks:
+            pytest.fail(leaked_message(leaks), pytrace=False)
+        return result
+
+    def _put_back(self, before: state.Snapshot, item: pytest.Item) -> list[str]:
+        exempt = _monkeypatched(item)
+        leaks = state.changes(before, self.allowed_attention, exempt)
+        state.restore(before, self.allowed_attention, exempt)
+        if leaks:
+            self.on_leak()
+        return leaks
+
+
+def leaked_message(leaks: list[str]) -> str:
+    lines = "\n".join(f"  - {line}" for line in leaks)
+    return (
+        "pytest-infer: this test left process-wide state changed, which would change the results of the tests "
+        f"after it:\n{lines}\nrestored now, and the session's models dropped; a technique must change only its own "
+        "model (in prepare), or undo what it changes before its test ends"
+    )
+
+
+def _monkeypatched(item: pytest.Item) -> state.Exempt:
+    """What the test's ``monkeypatch`` fixture set (attributes, dict items, environment variables): it puts them
+    back itself at teardown, so they are not leaks."""
+    patcher = getattr(item, "funcargs", {}).get("monkeypatch")
+    pairs = [(id(owner), name) for owner, name, _ in getattr(patcher, "_setattr", ())]
+    pairs += [(id(mapping), key) for mapping, key, _ in getattr(patcher, "_setitem", ())]
+    return frozenset(pairs)
 
 
 def _is_infer_item(item: pytest.Item) -> bool:
@@ -175,33 +271,3 @@ def _seed() -> None:
     import random
 
     random.seed(SEED)
-
-
-def _attention_registries() -> list[Any]:
-    """Transformers' global attention and mask-function registries (only if Transformers is imported)."""
-    out = []
-    for module, name in (
-        ("transformers.modeling_utils", "AttentionInterface"),
-        ("transformers.masking_utils", "AttentionMaskInterface"),
-    ):
-        mapping = getattr(getattr(sys.modules.get(module), name, None), "_global_mapping", None)
-        if isinstance(mapping, dict):
-            out.append(mapping)
-    return out
-
-
-def _snapshot_state() -> dict[str, Any]:
-    torch = sys.modules.get("torch")
-    return {
-        "dtype": torch.get_default_dtype() if torch is not None else None,
-        "attention": [set(m) for m in _attention_registries()],
-    }
-
-
-def _restore_state(state: dict[str, Any], allowed: frozenset[str]) -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and state["dtype"] is not None and torch.get_default_dtype() != state["dtype"]:
-        torch.set_default_dtype(state["dtype"])
-    for mapping, before in zip(_attention_registries(), state["attention"], strict=False):
-        for key in set(mapping) - before - allowed:
-            del mapping[key]  # registered by the test body itself: not left for the next test

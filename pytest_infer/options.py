@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_infer.core.errors import ConfigError
+from pytest_infer.core.numbers import NumberError, bounded, parse_int, parse_real, why
+
+WEEK_S = 7 * 24 * 3600  # the longest timer an option sets (signal.alarm and faulthandler take C integers)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Option:
     metavar: str = "VALUE"
     choices: tuple[str, ...] = ()
     minimum: int = 1  # for kinds "int" and "float"
+    maximum: float | None = None  # for kinds "int" and "float": past it, a usage error (issue 20)
+    why_maximum: str = ""  # shown with the maximum: what the bound protects
 
     @property
     def flag(self) -> str:
@@ -92,6 +97,7 @@ OPTIONS: tuple[Option, ...] = (
         "int",
         "N|auto",
         choices=("auto",),
+        maximum=1000,
     ),
     Option(
         "tolerance_mode",
@@ -120,7 +126,15 @@ OPTIONS: tuple[Option, ...] = (
         "",
         metavar="NAME",
     ),
-    Option("perf_new_tokens", "tokens generated per timed call in the perf suite (forced length)", 32, "int", "N"),
+    Option(
+        "perf_new_tokens",
+        "tokens generated per timed call in the perf suite (forced length)",
+        32,
+        "int",
+        "N",
+        maximum=1_000_000,
+        why_maximum="and at most the model's positions",
+    ),
     Option(
         "perf_scenarios",
         "perf-suite scenarios to time: auto (each technique where its family shows: docs/performance.md), all, "
@@ -129,7 +143,15 @@ OPTIONS: tuple[Option, ...] = (
         "list",
         "auto|all|NAMES",
     ),
-    Option("perf_rounds", "timed rounds per technique (each paired with a baseline round)", 5, "int", "N"),
+    Option(
+        "perf_rounds",
+        "timed rounds per technique (each paired with a baseline round)",
+        5,
+        "int",
+        "N",
+        maximum=1000,
+        why_maximum="each round runs both sides",
+    ),
     Option(
         "perf_warmup",
         "extra untimed warm-up calls of each side before the timed rounds (after the first, compiling, call and "
@@ -138,6 +160,8 @@ OPTIONS: tuple[Option, ...] = (
         "int",
         "N",
         minimum=0,
+        maximum=1000,
+        why_maximum="each call runs the model",
     ),
     Option(
         "compare_fail",
@@ -168,6 +192,8 @@ OPTIONS: tuple[Option, ...] = (
         2,
         "int",
         "N",
+        maximum=1024,
+        why_maximum="one process per rank",
     ),
     Option(
         "rank_timeout",
@@ -175,6 +201,8 @@ OPTIONS: tuple[Option, ...] = (
         300,
         "int",
         "SECONDS",
+        maximum=WEEK_S,
+        why_maximum="a week",
     ),
     Option(
         "gpus_per_worker",
@@ -183,6 +211,7 @@ OPTIONS: tuple[Option, ...] = (
         "int",
         "N",
         minimum=0,
+        maximum=1024,
     ),
     Option(
         "isolate",
@@ -198,6 +227,8 @@ OPTIONS: tuple[Option, ...] = (
         "int",
         "SECONDS",
         minimum=0,
+        maximum=WEEK_S,
+        why_maximum="a week; 0 for no limit",
     ),
     Option(
         "progress",
@@ -207,6 +238,8 @@ OPTIONS: tuple[Option, ...] = (
         "float",
         "SECONDS",
         minimum=0,
+        maximum=WEEK_S,
+        why_maximum="a week; 0 for never",
     ),
     Option(
         "plot",
@@ -241,7 +274,15 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "bool",
     ),
-    Option("golden_top_k", "log-probabilities kept per position when a golden is written", 20, "int", "K"),
+    Option(
+        "golden_top_k",
+        "log-probabilities kept per position when a golden is written",
+        20,
+        "int",
+        "K",
+        maximum=1000,
+        why_maximum="per position of every prompt, in every golden file",
+    ),
     # issue 17: lossy techniques, exact to their format and what the format costs (docs/tolerances.md)
     Option(
         "quality_text",
@@ -287,6 +328,16 @@ def ini_type(opt: Option, pytest_version: tuple[int, ...]) -> Any:
     return "string"
 
 
+def as_written(config: Any, name: str, value: Any) -> Any:
+    """``value`` of ini key ``name`` as the file wrote it, where pytest converted an INI string to a number with
+    ``int()``/``float()`` (which take ``1_000`` and ``٣``): our reader applies one rule to every number (issue 20)."""
+    entry = getattr(config, "_inicfg", {}).get(name)
+    text = getattr(entry, "value", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(text, str):
+        return text if getattr(entry, "mode", "ini") == "ini" else value
+    return value
+
+
 def parse_bool(value: str | bool, what: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -317,25 +368,22 @@ def coerce(opt: Option, raw: Any, source: str, ini_file: str = "") -> Any:
             raise ConfigError(f"{exc}{where}") from None
     if opt.kind == "list":
         return split_list(raw, ";" if opt.name == "tolerance" else ",")
-    if opt.kind == "int":
-        if str(raw).strip().lower() in opt.choices:  # a word the option takes besides integers (auto)
+    if opt.kind in ("int", "float"):
+        if opt.kind == "int" and str(raw).strip().lower() in opt.choices:  # a word it takes besides numbers (auto)
             return str(raw).strip().lower()
         try:
-            value = int(str(raw).strip())
-        except ValueError:
+            value: float = parse_int(raw) if opt.kind == "int" else parse_real(raw)
+        except NumberError as exc:
+            kind = "an integer" if opt.kind == "int" else "a number"
             words = "".join(f" or {c}" for c in opt.choices)
-            raise ConfigError(f"{what}: expected an integer{words}, got {raw!r}{where}") from None
-        if value < opt.minimum:
-            raise ConfigError(f"{what}: must be at least {opt.minimum}, got {value}{where}")
+            raise ConfigError(f"{what}: expected {kind}{words}, got {raw!r}{why(exc)}{where}") from None
+        problem = bounded(value, opt.minimum, opt.maximum)
+        if problem is not None:
+            note = (
+                f" ({opt.why_maximum})" if opt.why_maximum and opt.maximum is not None and value > opt.maximum else ""
+            )
+            raise ConfigError(f"{what}: {problem}{note}{where}")
         return value
-    if opt.kind == "float":
-        try:
-            number = float(str(raw).strip())
-        except ValueError:
-            raise ConfigError(f"{what}: expected a number, got {raw!r}{where}") from None
-        if not number >= opt.minimum:  # also rejects nan
-            raise ConfigError(f"{what}: must be at least {opt.minimum}, got {raw!r}{where}")
-        return number
     return str(raw).strip()
 
 

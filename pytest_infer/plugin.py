@@ -18,7 +18,14 @@ from pytest_infer import xdist as infer_xdist
 from pytest_infer.bench import BenchmarkHooks, PerfSummary, stack_storage
 from pytest_infer.collection import Collection
 from pytest_infer.core.tolerance import Tolerance
-from pytest_infer.isolation import ExplainedFailures, Guards, NoBenchmark, isolate_args, wants_isolation
+from pytest_infer.isolation import (
+    ExplainedFailures,
+    Guards,
+    NoBenchmark,
+    TerminationAsInterrupt,
+    isolate_args,
+    wants_isolation,
+)
 from pytest_infer.markers import MARKERS
 from pytest_infer.noise import QuietBackends
 from pytest_infer.options import OPTIONS, ini_type
@@ -75,7 +82,11 @@ def pytest_configure(config: pytest.Config) -> None:
     manager.register(collection, "infer_collection")
     manager.register(XdistResults(session.record), "infer_xdist_results")
     manager.register(fixtures, "infer_fixtures")
-    manager.register(ExplainedFailures(), "infer_explained_failures")
+    manager.register(ExplainedFailures(mask_secrets=session.active), "infer_explained_failures")
+    termination = TerminationAsInterrupt()
+    if session.active:  # an installed plugin nobody asked for changes nothing
+        termination.install()
+    manager.register(termination, "infer_termination")
     manager.register(PerfSummary(session), "infer_perf_summary")
     _register_guards(config, session)
     if session.active:  # backends import quietly; -v shows once what they said (noise.py)
@@ -118,7 +129,7 @@ def _register_guards(config: pytest.Config, session: InferSession) -> None:
     allowed = frozenset(
         str(v) for t in session.registry for k, v in t.load_kwargs.items() if k == "attn_implementation"
     )
-    config.pluginmanager.register(Guards(cfg.timeout, cfg.isolate, allowed), "infer_guards")
+    config.pluginmanager.register(Guards(cfg.timeout, cfg.isolate, allowed, session.forget_models), "infer_guards")
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
+import sys
 import time
 import types
 import weakref
@@ -26,20 +26,23 @@ from pytest_infer.core.config import InferConfig
 from pytest_infer.core.detect import detect_stack, validate_device
 from pytest_infer.core.errors import ConfigError, ExplainedFailure, TechniqueError
 from pytest_infer.core.model_facts import ModelFacts
+from pytest_infer.core.redact import mask
 from pytest_infer.core.registry import Registry
 from pytest_infer.core.resources import default_prompts_file, quality_text, read_prompts
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance, parse_tolerance_spec
 from pytest_infer.core.version import __version__
+from pytest_infer.outputs import Outputs, check_outputs
 from pytest_infer.parity.padding import choose_sweep
 from pytest_infer.progress import Progress
-from pytest_infer.reports.document import report_document, write_atomically
+from pytest_infer.reports.document import report_document
 from pytest_infer.reports.markdown import markdown_table
-from pytest_infer.reports.plot import missing_dependency, session_plot
+from pytest_infer.reports.plot import missing_dependency
 from pytest_infer.reports.terminal import catalogue_lines, golden_summary_lines, terminal_summary
 from pytest_infer.runtime.capabilities import read_facts
-from pytest_infer.runtime.loading import ModelSource, resolve_device
+from pytest_infer.runtime.checkpoint import read_config
+from pytest_infer.runtime.loading import ModelSource, load_tokenizer, resolve_device
 from pytest_infer.runtime.model_cache import ModelCache
 from pytest_infer.techniques import builtin_techniques
 from pytest_infer.xdist_results import is_xdist_worker
@@ -64,6 +67,9 @@ class InferSession:
         self.stored_runs: StoredRuns | None = None  # pytest-benchmark's stored run (bench.py), when loaded
         self.stack_mismatch = ""
         self.outcomes: list[dict[str, Any]] = []
+        self.interrupted = False
+        self.refusal = ""  # why the model cannot take this run's inputs (set at collection on xdist workers)
+        self._running: str | None = None  # the test running now (reported as interrupted on Ctrl-C)
         self.progress: Progress = Progress(0)  # the plugin installs the terminal's (see progress.py)
         # perf: per resident model, the scenarios it has run and its first call's seconds (checks/measure.py)
         self.first_calls: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
@@ -85,8 +91,9 @@ class InferSession:
             cfg = validation.build(values, sources, Path(str(config.rootpath)), ini_file)
             registry = _registry(config)
             techniques = _validate(cfg, registry, ini_file)
+            check_outputs(cfg, config)
         except (ConfigError, TechniqueError) as exc:
-            raise pytest.UsageError(f"pytest-infer: {exc}") from None
+            raise pytest.UsageError(f"pytest-infer: {mask(str(exc))}") from None
         session = cls(config, cfg, registry)
         session.selected = techniques
         if session.active:
@@ -126,13 +133,14 @@ class InferSession:
     def model_config(self) -> dict[str, Any]:
         """The model's config.json as a dict when it is a local directory ({} for a hub id: not fetched at
         collection); known upstream defects keyed to model shapes read it."""
-        path = Path(self.config.model) / "config.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        text = data.get("text_config")
-        return {**data, **text} if isinstance(text, dict) else data
+        return read_config(self.config.model)
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (left padding), loaded once per session; on an xdist worker, the refusal of
+        inputs the model cannot take (:func:`pytest_infer.collection.input_problem`) fails every test that asks for it."""
+        if self.refusal:
+            raise ExplainedFailure(f"pytest-infer: {self.refusal}")
+        return self.cache.tensor(("tokenizer", self.source), lambda: load_tokenizer(self.source))
 
     @functools.cached_property
     def model_facts(self) -> ModelFacts | None:
@@ -229,7 +237,7 @@ class InferSession:
             lines[-1] += f" | padding sweep {sweep} ({why})"
         if "perf" in self.config.suites:
             lines[-1] += f" | perf scenarios {','.join(self.config.perf_scenarios)}"
-        return lines
+        return [mask(line) for line in lines]
 
     def record(self, result: dict[str, Any]) -> None:
         self.results.append(result)
@@ -240,14 +248,18 @@ class InferSession:
         title, lines = terminal_summary(self.results, verbose=terminalreporter.verbosity > 0)
         terminalreporter.section(title)
         for line in lines:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(mask(line))
         written = golden_summary_lines(self.results)  # goldens are never written without saying so
         if written:
             terminalreporter.section(f"pytest-infer: goldens ({self.config.golden})")
             for line in written:
-                terminalreporter.write_line(line)
+                terminalreporter.write_line(mask(line))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when not in ("setup", "call", "teardown"):  # pytest-xdist's report of a worker that died
+            crash = {"nodeid": report.nodeid, "outcome": "crashed", "duration_s": 0.0}
+            self.outcomes.append({**crash, "reason": str(report.longrepr)})
+            return
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             entry: dict[str, Any] = {
                 "nodeid": report.nodeid,
@@ -264,40 +276,42 @@ class InferSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self._started = time.perf_counter()
 
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._running = nodeid
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self._running = None
+
+    def pytest_keyboard_interrupt(self) -> None:
+        """Ctrl-C, or SIGTERM (isolation.TerminationAsInterrupt): the test it stopped is in the report as such."""
+        self.interrupted = True
+        if self._running is not None:
+            self.outcomes.append({"nodeid": self._running, "outcome": "interrupted", "duration_s": 0.0})
+            self._running = None
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if is_xdist_worker(self.pytest_config):
             return  # the controller writes the reports, with every worker's results (xdist_results.py)
-        self._write_markdown()
-        if not (self.config.report or self.config.plot):
-            return
-        stack = self.stack.to_dict() if self.active or self.results else {}
-        doc = report_document(
-            stack,
-            self.config.to_dict(),
-            self.results,
-            self.outcomes,
-            time.perf_counter() - self._started,
-            {"pytest-infer": __version__},
-        )
-        if self.config.report:
-            write_atomically(self.config.report, doc)
-        if self.config.plot:
-            line = session_plot(doc, self.config.plot)
-            reporter = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(line)
 
-    def _write_markdown(self) -> None:
-        targets = [self.config.markdown] if self.config.markdown else []
-        if os.environ.get("GITHUB_STEP_SUMMARY") and self.results:
-            targets.append(os.environ["GITHUB_STEP_SUMMARY"])
-        if not targets:
-            return
-        text = "## pytest-infer\n\n" + markdown_table(self.results, self.stack.header_line())
-        for i, target in enumerate(targets):
-            mode = "w" if i == 0 and self.config.markdown else "a"  # the job summary is appended to
-            with open(target, mode, encoding="utf-8") as f:
-                f.write(text + "\n")
+        def document() -> dict[str, Any]:
+            return report_document(
+                self.stack.to_dict() if self.active or self.results else {},
+                self.config.to_dict(),
+                self.results,
+                self.outcomes,
+                time.perf_counter() - self._started,
+                {"pytest-infer": __version__},
+                interrupted=self.interrupted,
+            )
+
+        def markdown() -> str:
+            return "## pytest-infer\n\n" + markdown_table(self.results, self.stack.header_line())
+
+        Outputs(self.config, self._say, self.interrupted).write(document, markdown, bool(self.results))
+
+    def _say(self, line: str) -> None:
+        reporter = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(line) if reporter is not None else sys.stderr.write(line + "\n")
 
     def catalogue(self) -> list[str]:
         """Every known technique with, for this stack, runnable or the reason it is skipped."""
@@ -312,6 +326,15 @@ class InferSession:
             )
         return lines
 
+    def forget_models(self) -> None:
+        """Drop every loaded model and computed tensor (they were made under state a test then changed), and
+        torch.compile's caches (compiled code may have traced through a patched function)."""
+        if self._cache is not None:
+            self._cache.clear()
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is not None:
+            dynamo.reset()
+
     def close(self) -> None:
         self.progress.close()
         if self._cache is not None:
@@ -324,7 +347,7 @@ def ini_reader(config: pytest.Config) -> Callable[[str], Any]:
 
     def read(name: str) -> Any:
         try:
-            return config.getini(name)
+            return options.as_written(config, name, config.getini(name))
         except pytest.UsageError as exc:
             text = str(exc)
             if config.inipath is not None:
@@ -413,6 +436,10 @@ def _validate(cfg: InferConfig, registry: Registry, ini_file: str) -> list[Techn
         if device not in ("auto", "cpu") and (problem := validate_device(device)):
             with blamed("device"):
                 raise ConfigError(f"--infer-device {device}: {problem}")
+    unusable = validation.comparison_problem(cfg, registry)
+    if unusable is not None:
+        with blamed(unusable[0]):
+            raise ConfigError(unusable[1])
     return techniques
 
 

@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from pytest_infer.core.config import InferConfig
+from pytest_infer.core.detect import detect_stack
 from pytest_infer.core.dtypes import DTYPES, normalize_dtype
 from pytest_infer.core.errors import ConfigError
+from pytest_infer.core.numbers import MAX_TOKENS, NumberError, parse_int, why
+from pytest_infer.core.registry import Registry
 from pytest_infer.core.resources import SUITES
+from pytest_infer.core.technique import Technique
 from pytest_infer.options import OPTION_BY_NAME, Option, blamed
-from pytest_infer.parity.padding import parse_sweep
+from pytest_infer.parity.padding import DEFAULT_SWEEP, parse_sweep
 from pytest_infer.perf.gate import parse_compare_fail
 from pytest_infer.perf.scenarios import ScenarioError, validate
-from pytest_infer.runtime.checkpoint import validate_model, validate_model_dir
+from pytest_infer.runtime.checkpoint import length_problems, read_config, validate_model, validate_model_dir
 
 
 def default_cache_dir() -> Path:
@@ -60,9 +64,15 @@ def validate_choice(opt: Option, value: str) -> str:
 def validate_new_tokens(values: Sequence[str]) -> tuple[int, ...]:
     out = []
     for v in values:
-        if not str(v).strip().isdigit() or int(v) < 1:
+        try:
+            n = parse_int(v)
+        except NumberError as exc:
+            raise ConfigError(f"--infer-new-tokens: {v!r} is not a positive integer{why(exc)} (e.g. 16,64)") from None
+        if n < 1:
             raise ConfigError(f"--infer-new-tokens: {v!r} is not a positive integer (e.g. 16,64)")
-        out.append(int(v))
+        if n > MAX_TOKENS:
+            raise ConfigError(f"--infer-new-tokens: {n} is more than {MAX_TOKENS:,} tokens")
+        out.append(n)
     return tuple(sorted(set(out)))
 
 
@@ -188,6 +198,12 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
     # a folder set in the ini file is relative to the rootdir (where the ini is), one on the command line to the cwd
     base = rootdir if sources.get("golden") == "ini" else Path.cwd()
     golden = check("golden", validate_golden_dir, values["golden"], writing, base)
+    new_tokens = check("new_tokens", validate_new_tokens, values["new_tokens"])
+    padding = check("padding", validate_padding, values["padding"])
+    pad_extra = max(p.extra for p in parse_sweep(DEFAULT_SWEEP if padding == "auto" else padding))
+    for name, problem in length_problems(read_config(model), new_tokens, values["perf_new_tokens"], pad_extra):
+        with blamed(name, sources, ini_file=ini_file):
+            raise ConfigError(f"{OPTION_BY_NAME[name].flag}: {problem}")
     return InferConfig(
         model=model,
         devices=tuple(dict.fromkeys(d.lower() for d in values["device"])) or ("auto",),
@@ -205,8 +221,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         tolerance_mode=check(
             "tolerance_mode", validate_choice, OPTION_BY_NAME["tolerance_mode"], values["tolerance_mode"]
         ),
-        new_tokens=check("new_tokens", validate_new_tokens, values["new_tokens"]),
-        padding=check("padding", validate_padding, values["padding"]),
+        new_tokens=new_tokens,
+        padding=padding,
         report=check("report", validate_report_path, values["report"], rootdir),
         markdown=check("markdown", validate_report_path, values["markdown"], rootdir, "--infer-markdown"),
         list=values["list"],
@@ -232,3 +248,31 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         quality_budget=check("quality_budget", validate_quality_budget, values["quality_budget"]),
         sources=dict(sources),
     )
+
+
+def comparison_problem(cfg: InferConfig, registry: Registry) -> tuple[str, str] | None:
+    """(option, problem) when a reference or baseline set by the user cannot run on this stack: every test would
+    be compared with it and fail, so it is a usage error at start-up. The defaults (eager) run everywhere, so the
+    stack is probed (torch imported) only for a choice the user made."""
+    chosen: list[tuple[str, Technique, tuple[str, ...]]] = []
+    if cfg.sources.get("reference", "default") != "default":
+        chosen.append(("reference", registry.get(cfg.reference), (cfg.reference_dtype,)))
+    if cfg.baseline:
+        chosen.append(("baseline", registry.get(cfg.baseline), cfg.dtypes))
+    for name, technique, dtypes in chosen:
+        flag = OPTION_BY_NAME[name].flag
+        if name == "reference" and technique.runner == "multiprocess":
+            return name, (
+                f"{flag} {technique.name}: runs in separate ranks (torch.distributed), and the reference runs in "
+                "this process: choose a single-process technique"
+            )
+        for device in cfg.devices:
+            stack = detect_stack(device)
+            for dtype in dtypes:
+                reason = technique.skip_reason(stack, dtype, strict=False)
+                if reason is not None:
+                    return name, (
+                        f"{flag} {technique.name}: this stack cannot run it ({stack.device_kind}, {dtype}): {reason}; "
+                        f"every test is compared with the {name}: choose one this stack runs (pytest --infer-list)"
+                    )
+    return None

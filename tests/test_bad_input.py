@@ -9,6 +9,7 @@ corpus with its messages.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_infer.__main__ import main as cli_main
 from pytest_infer.core.resources import embedded_model_path
+from pytest_infer.reports.document import SCHEMA_VERSION
+from pytest_infer.reports.validate_input import MAX_BYTES
 from pytest_infer.session import InferSession
 
 EMBEDDED = embedded_model_path()
@@ -64,6 +68,13 @@ def _plant(path: str, content: str | bytes = "") -> Callable[[Path], None]:
 def _model(name: str, *, skip: tuple[str, ...] = (), config: str | None = None) -> Callable[[Path], None]:
     def make(root: Path) -> None:
         model_dir(root, name, skip=skip, config=config)
+
+    return make
+
+
+def _link(path: str, target: str) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        (root / path).symlink_to(root / target)
 
     return make
 
@@ -365,6 +376,276 @@ STARTUP = [
     ),
 ]
 
+# --- issue 20: numbers as the number they claim to be, bounded --------------------------------------------
+NON_ASCII = "ASCII digits 0-9, the only ones pytest-infer reads"
+NUMBERS = [
+    Bad(
+        "new-tokens-arabic-digits",
+        ("--infer-new-tokens", "16,\u0663"),
+        ("--infer-new-tokens: '\u0663' is not a positive integer", NON_ASCII),
+    ),
+    Bad(
+        "new-tokens-superscript",
+        ("--infer-new-tokens", "\u00b2"),
+        ("--infer-new-tokens: '\u00b2' is not a positive integer", NON_ASCII),
+    ),
+    Bad(
+        "padding-superscript",
+        ("--infer-padding", "left:0,\u00b2"),
+        ("--infer-padding: padding sweep 'left:0,\u00b2': '\u00b2' is not a non-negative integer", NON_ASCII),
+    ),
+    Bad(
+        "perf-rounds-arabic-digits",
+        ("--infer-perf-rounds", "\u0661\u0660"),
+        ("--infer-perf-rounds: expected an integer, got '\u0661\u0660'", NON_ASCII),
+    ),
+    Bad(
+        "tp-size-overflows-c-int",
+        ("--infer-tp-size", "9" * 23),
+        ("--infer-tp-size: expected an integer, got '" + "9" * 23 + "' (a 23-digit number is too large)",),
+    ),
+    Bad(
+        "tp-size-beyond-ranks",
+        ("--infer-tp-size", "4096"),
+        ("--infer-tp-size: must be at most 1024, got 4096 (one process per rank)",),
+    ),
+    Bad(
+        "timeout-overflows-the-timer",
+        ("--infer-timeout", "9999999999"),
+        ("--infer-timeout: must be at most 604800, got 9999999999 (a week; 0 for no limit)",),
+    ),
+    Bad("timeout-exponent", ("--infer-timeout", "1e10"), ("--infer-timeout: expected an integer, got '1e10'",)),
+    Bad(
+        "rank-timeout-beyond-a-week",
+        ("--infer-rank-timeout", "700000"),
+        ("--infer-rank-timeout: must be at most 604800, got 700000 (a week)",),
+    ),
+    Bad(
+        "progress-infinite",
+        ("--infer-progress", "inf"),
+        ("--infer-progress: expected a number, got 'inf' ('inf' is not a finite number)",),
+    ),
+    Bad(
+        "progress-overflows-a-float",
+        ("--infer-progress", "1e400"),
+        ("--infer-progress: expected a number, got '1e400' ('1e400' is not a finite number (it overflows a float))",),
+    ),
+    Bad(
+        "ini-max-models-underscore",
+        (),
+        (
+            "ini option infer_max_models: expected an integer or auto, got '1_000' ('1_000': write integers without '_' separators)",
+            "tox.ini)",
+        ),
+        ini="infer_max_models = 1_000",
+    ),
+    Bad(
+        "ini-timeout-arabic-digit",  # pytest's typed ini reading would take it (int('\u0663') == 3)
+        (),
+        ("ini option infer_timeout: expected an integer, got '\u0663'", NON_ASCII, "tox.ini)"),
+        ini="infer_timeout = \u0663",
+    ),
+    Bad(
+        "ini-timeout-negative",
+        (),
+        ("ini option infer_timeout: must be at least 0, got -5", "tox.ini)"),
+        ini="infer_timeout = -5",
+    ),
+    Bad(
+        "tolerance-infinite",
+        ("--infer-tolerance", "max_abs=inf"),
+        (
+            "tolerance 'max_abs=inf': 'inf' is not a number (or 'none') ('inf' is not a finite number); 'none' clears a bound",
+        ),
+    ),
+    Bad(
+        "tolerance-nan",
+        ("--infer-tolerance", "max_kl=nan"),
+        ("tolerance 'max_kl=nan': 'nan' is not a number (or 'none')",),
+    ),
+    Bad(
+        "tolerance-fraction-above-one",
+        ("--infer-tolerance", "min_top1=1.5"),
+        ("tolerance 'min_top1=1.5': min_top1 is a fraction: at most 1, got 1.5",),
+    ),
+    Bad(
+        "compare-fail-overflow",
+        ("--infer-compare-fail", "speedup:1e999%"),
+        ("--infer-compare-fail: 'speedup:1e999%': '1e999%' is not a percentage ('1e999' is not a finite number",),
+    ),
+    Bad(
+        "compare-fail-beyond-1000-percent",
+        ("--infer-compare-fail", "speedup:5000%"),
+        ("'speedup:5000%': '5000%' must lie between 0% and 1000%",),
+    ),
+    Bad(
+        "padding-beyond-any-model",
+        ("--infer-padding", "left:99999999"),
+        ("--infer-padding: padding sweep 'left:99999999': 99999999 pad tokens is more than 1,000,000",),
+    ),
+    # the model's positions, read from its config.json (the embedded model takes 512)
+    Bad(
+        "new-tokens-beyond-positions",
+        ("--infer-new-tokens", "16,600"),
+        (
+            "--infer-new-tokens: 600 new tokens after a prompt need more than the model takes 512 positions (max_position_embeddings in config.json); give at most 511",
+        ),
+    ),
+    Bad(
+        "perf-new-tokens-beyond-positions",
+        ("--infer-perf-new-tokens", "512"),
+        (
+            "--infer-perf-new-tokens: 512 new tokens per timed call after a prompt need more than the model takes 512 positions",
+        ),
+    ),
+    Bad(
+        "padding-beyond-positions",
+        ("--infer-padding", "left:0,4096"),
+        ("--infer-padding: 4,096 pad tokens beside a prompt need more than the model takes 512 positions",),
+    ),
+]
+
+# --- issue 20: no output clobbers another output or an input ----------------------------------------------
+OUTPUTS = [
+    Bad(
+        "markdown-over-report",
+        ("--infer-report", "r.json", "--infer-markdown", "r.json"),
+        ("--infer-markdown r.json: the same file as --infer-report r.json; give each output its own path",),
+    ),
+    Bad(
+        "report-over-markdown-other-spelling",
+        ("--infer-markdown", "r.md", "--infer-report", "out/../r.md"),
+        ("--infer-markdown r.md: the same file as --infer-report out/../r.md; give each output its own path",),
+        plant=(_plant("out/keep"),),
+    ),
+    Bad(
+        "report-over-prompts",
+        ("--infer-prompts", "p.txt", "--infer-report", "p.txt"),
+        (
+            "--infer-report p.txt: the same file as --infer-prompts p.txt, which is read, not written: writing it would destroy it",
+        ),
+        plant=(_plant("p.txt", "hello\n"),),
+    ),
+    Bad(
+        "report-over-model-config",
+        ("--infer-model", "ckpt", "--infer-report", "ckpt/config.json"),
+        ("--infer-report ckpt/config.json: an existing file of --infer-model", "which is read, not written"),
+        plant=(_model("ckpt"),),
+    ),
+    Bad(
+        "benchmark-json-over-report",
+        ("--infer-report", "r.json", "--benchmark-json", "r.json"),
+        ("--benchmark-json r.json: the same file as --infer-report r.json",),
+    ),
+    Bad(
+        "junitxml-over-plot",
+        ("--infer-plot", "out.xml", "--junitxml", "out.xml"),
+        ("--junitxml out.xml: the same file as --infer-plot out.xml",),
+    ),
+    Bad(
+        "step-summary-over-markdown",
+        ("--infer-markdown", "summary.md"),
+        ("$GITHUB_STEP_SUMMARY summary.md: the same file as --infer-markdown summary.md",),
+        env={"GITHUB_STEP_SUMMARY": "summary.md"},
+    ),
+    Bad(
+        "report-over-a-golden",
+        ("--infer-golden", "goldens", "--infer-report", "goldens/tiny/cpu/float32/sdpa.logits.json"),
+        (
+            "--infer-report goldens/tiny/cpu/float32/sdpa.logits.json: an existing file of --infer-golden",
+            "which is read, not written",
+        ),
+        plant=(_plant("goldens/tiny/cpu/float32/sdpa.logits.json", "{}"),),
+    ),
+    Bad(
+        "plot-through-a-link-to-the-report",
+        ("--infer-report", "r.json", "--infer-plot", "link.png"),
+        ("--infer-plot link.png: the same file as --infer-report r.json",),
+        plant=(_plant("r.json", "{}"), _link("link.png", "r.json")),
+    ),
+]
+
+# --- issue 20: a secret in a model id or URL is never echoed --------------------------------------------------
+TOKEN = "hf_Q7xLm2PzR4tV8wK1nB5cD9fG3hJ6"
+SECRETS = [
+    Bad(
+        "model-url-with-a-token",
+        ("--infer-model", f"https://user:{TOKEN}@huggingface.co/org/model"),
+        ("--infer-model https://user:***@huggingface.co/org/model: no such directory",),
+    ),
+    Bad(
+        "model-id-is-a-token",
+        ("--infer-model", TOKEN),
+        ("--infer-model hf_Q***: no such directory", "as a hub id it is not in the local cache"),
+        env={"HF_HUB_OFFLINE": "1"},
+    ),
+]
+
+# --- issue 20: a reference or baseline this stack cannot run ---------------------------------------------------
+NOWHERE = (
+    "from pytest_infer import Technique\nfrom pytest_infer.core.requirements import Requirements\n\n"
+    + REGISTER
+    + "    registry.add(Technique('nowhere', 'custom', requirements=Requirements(packages=(('no-such-package-xyz', '>=1'),))))\n"
+)
+REFERENCES = [
+    Bad(
+        "reference-this-stack-cannot-run",
+        ("--infer-reference", "nowhere"),
+        (
+            "--infer-reference nowhere: this stack cannot run it (cpu, float32): ",
+            "every test is compared with the reference: choose one this stack runs",
+        ),
+        conftest=NOWHERE,
+    ),
+    Bad(
+        "baseline-this-stack-cannot-run",
+        ("--infer-baseline", "nowhere", "--infer-dtype", "bfloat16"),
+        ("--infer-baseline nowhere: this stack cannot run it (cpu, bfloat16): ",),
+        conftest=NOWHERE,
+    ),
+    Bad(
+        "reference-in-separate-ranks",
+        ("--infer-reference", "tensor_parallel"),
+        (
+            "--infer-reference tensor_parallel: runs in separate ranks (torch.distributed), and the reference runs in this process",
+        ),
+    ),
+]
+
+
+# --- issue 20: inputs the model cannot take, known once its tokenizer loads (collection) -------------------------
+def _long_prompt(root: Path) -> None:
+    (root / "p.txt").write_text("short one\n" + "word " * 600 + "\n", encoding="utf-8")
+
+
+def _small_vocabulary(root: Path) -> None:
+    target = model_dir(root, "ckpt")
+    config = json.loads((target / "config.json").read_text())
+    config["vocab_size"] = 1000
+    (target / "config.json").write_text(json.dumps(config))
+
+
+SUITE = ("--infer-suite", "parity", "--infer-technique", "sdpa", "-k", "logit")
+AT_COLLECTION = [
+    Bad(
+        "prompt-longer-than-positions",
+        ("--infer-prompts", "p.txt", *SUITE),
+        (
+            "--infer-prompts p.txt: prompt 2 is 601 tokens; with 64 new tokens and 32 extra pad tokens the run needs 665 positions, but the model takes 512 (max_position_embeddings in config.json). pytest-infer refuses such prompts rather than truncate them",
+        ),
+        plant=(_long_prompt,),
+    ),
+    Bad(
+        "vocabulary-smaller-than-tokenizer",
+        ("--infer-model", "ckpt", *SUITE),
+        (
+            "--infer-model ckpt: checkpoint ckpt: its vocabulary (vocab_size 1,000 in config.json) is smaller than its tokenizer's (2,048 tokens): ids 1,000-2,047 have no embedding",
+        ),
+        plant=(_small_vocabulary,),
+    ),
+]
+STARTUP += NUMBERS + OUTPUTS + SECRETS + REFERENCES + AT_COLLECTION
+
 
 @pytest.mark.parametrize("case", STARTUP, ids=[c.id for c in STARTUP])
 def test_startup_errors_stop_with_a_message(
@@ -386,6 +667,7 @@ def test_startup_errors_stop_with_a_message(
     assert "ERROR: pytest-infer: " in err, out
     for text in case.expected:
         assert text in err, f"{text!r} not in:\n{err}"
+    assert TOKEN[4:] not in out  # a secret is masked wherever it is echoed
 
 
 def test_cuda_requested_on_a_cpu_machine(run_infer) -> None:
@@ -539,6 +821,83 @@ def test_truncated_weights_fail_the_test_readably(pytester: pytest.Pytester, run
     )
 
 
+def _checkpoint(root: Path, name: str, change: Callable[[dict], None]) -> Path:
+    """A copy of the embedded model whose weights ``change`` edited (a tensor removed, added, poisoned)."""
+    from safetensors.torch import load_file, save_file
+
+    target = model_dir(root, name, skip=("model.safetensors",))
+    weights = load_file(EMBEDDED / "model.safetensors")
+    change(weights)
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_a_checkpoint_missing_a_tensor_is_blamed_not_the_technique(pytester: pytest.Pytester, run_infer) -> None:
+    """Before: Transformers initialised the missing tensor at random, differently in the reference and in the
+    candidate, and sdpa failed its parity with a "first diverging layer". Now every test fails with the
+    checkpoint named, and it is loaded once per dtype, not again for every technique."""
+    _checkpoint(pytester.path, "ckpt", lambda w: w.pop("model.layers.1.self_attn.q_proj.weight"))
+    result = run_infer(
+        "--infer-model",
+        "ckpt",
+        "--infer-suite",
+        "parity",
+        "--infer-technique",
+        "sdpa,sdpa_math",
+        "-k",
+        "logit or padded",
+    )
+    out = assert_readable(result)
+    result.assert_outcomes(failed=4)
+    expected = (
+        "checkpoint ckpt is broken, not the technique: its weights lack 1 tensor(s) LlamaForCausalLM needs "
+        "(model.layers.1.self_attn.q_proj.weight), which Transformers would initialise at random, differently in "
+        "every load. Save the complete model again (model.save_pretrained) or fix config.json to match its weights"
+    )
+    assert out.count(expected) == 4
+    assert "diverg" not in out and "parted" not in out
+    later = out.split("_ test_padded_batches[cpu-float32-sdpa] _")[1]
+    assert "LOAD REPORT" in out and "LOAD REPORT" not in later  # refused once, not reloaded for each test
+
+
+@pytest.mark.parametrize(
+    ("change", "dtype", "expected"),
+    [
+        pytest.param(
+            lambda w: w.__setitem__("model.layers.9.extra.weight", __import__("torch").zeros(3)),
+            "float32",
+            "checkpoint ckpt is broken, not the technique: its weights carry 1 tensor(s) LlamaForCausalLM does not "
+            "have (model.layers.9.extra.weight)",
+            id="unexpected-tensor",
+        ),
+        pytest.param(
+            lambda w: w["model.layers.2.mlp.up_proj.weight"].__setitem__((0, 0), float("nan")),
+            "float32",
+            "checkpoint ckpt is broken, not the technique: its weights in float32 hold NaN or Inf: "
+            "model.layers.2.mlp.up_proj.weight (1 of 45,056 values)",
+            id="nan-weight",
+        ),
+        pytest.param(
+            lambda w: w["model.norm.weight"].__setitem__(0, 1e6),
+            "float16",
+            "its weights in float16 hold NaN or Inf: model.norm.weight (1 of 128 values) (where they are finite in "
+            "float32, they overflow float16's range: test another dtype)",
+            id="overflows-float16",
+        ),
+    ],
+)
+def test_broken_checkpoints_are_refused_at_load(tmp_path: Path, change, dtype: str, expected: str) -> None:
+    """The load itself (in process: one session per checkpoint would cost ~10 s each)."""
+    from pytest_infer.core.registry import Registry
+    from pytest_infer.runtime.loading import CheckpointError, ModelSource, load_model
+    from pytest_infer.techniques import builtin_techniques
+
+    source = ModelSource(str(_checkpoint(tmp_path, "ckpt", change)))
+    with pytest.raises(CheckpointError) as refused:
+        load_model(source, Registry(builtin_techniques()).get("sdpa"), dtype, "cpu")
+    assert expected in str(refused.value)
+
+
 def test_tp_size_the_model_cannot_split_skips_then_fails_under_strict(run_infer) -> None:
     args = ("--infer-suite", "parity", "--infer-technique", "tensor_parallel", "--infer-tp-size", "64", "-k", "rank")
     reason = (
@@ -554,3 +913,121 @@ def test_tp_size_the_model_cannot_split_skips_then_fails_under_strict(run_infer)
     assert_readable(result)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*--infer-strict: {reason}"])
+
+
+# --- issue 20: what the CLI reads and writes (pytest-infer merge / plot): exit 2 naming the file and the field ---
+
+
+def _report(**changes: object) -> dict:
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"pytest-infer": "0.1.0"},
+        "stack": {"device_kind": "cpu", "device_name": "cpu", "packages": {"torch": "2.13.0"}},
+        "config": {},
+        "duration_s": 1.0,
+        "tests": [{"nodeid": "suites/test_parity.py::test_logit_parity[cpu-float32-sdpa]", "outcome": "passed"}],
+        "results": [
+            {"check": "logits", "technique": "sdpa", "device": "cpu", "dtype": "float32", "passed": True, "metrics": {}}
+        ],
+    }
+    doc.update(changes)
+    return doc
+
+
+def _result(**fields: object) -> list[dict]:
+    return [{**_report()["results"][0], **fields}]
+
+
+CLI_REPORTS = [
+    ("results-not-objects", _report(results=[1]), "results[0]: expected an object, got a number"),
+    (
+        "metric-is-text",
+        _report(results=_result(metrics={"speedup": [1.2]})),
+        "results[0].metrics.speedup: expected a number or null, got a list",
+    ),
+    (
+        "metrics-not-an-object",
+        _report(results=_result(metrics=[1, 2])),
+        "results[0].metrics: expected an object, got a list",
+    ),
+    (
+        "passed-is-text",
+        _report(results=_result(passed="yes")),
+        "results[0].passed: expected true, false or null, got a string",
+    ),
+    (
+        "technique-is-a-number",
+        _report(results=_result(technique=7)),
+        "results[0].technique: expected a string or null, got a number",
+    ),
+    ("test-without-nodeid", _report(tests=[{"outcome": "passed"}]), "tests[0]: no 'nodeid'"),
+    (
+        "nodeid-is-a-number",
+        _report(tests=[{"nodeid": 3, "outcome": "passed"}]),
+        "tests[0].nodeid: expected a string, got a number",
+    ),
+    ("stack-packages-a-list", _report(stack={"packages": ["torch"]}), "stack.packages: expected an object, got a list"),
+    (
+        "stack-device-count-text",
+        _report(stack={"device_count": "two"}),
+        "stack.device_count: expected an integer or null, got a string",
+    ),
+    ("duration-is-text", _report(duration_s="1 s"), "duration_s: expected a number, got a string"),
+    ("interrupted-not-a-bool", _report(interrupted="no"), "interrupted: expected true or false, got a string"),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [c[1:] for c in CLI_REPORTS], ids=[c[0] for c in CLI_REPORTS])
+def test_cli_refuses_reports_of_the_wrong_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: dict, expected: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    for argv, command in ((["merge", str(bad)], "merge"), (["plot", str(bad), "-o", str(tmp_path / "p.png")], "plot")):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"pytest-infer {command}: {bad}: {expected}"), err
+
+
+def test_cli_refuses_deep_huge_and_self_overwriting_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Deep nesting (a RecursionError before), a file past the size limit (read whole before), and outputs
+    that would overwrite what the command reads, or each other."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps(_report(config={"a": json.loads("[" * 40 + "]" * 40)})))
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(MAX_BYTES + 1)  # sparse: no disk used
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_report()))
+    before = good.read_text()
+    cases = [
+        (["merge", str(deep)], f"pytest-infer merge: {deep}: JSON nested too deeply to read"),
+        (["merge", str(nested)], f"pytest-infer merge: {nested}: JSON nested more than 32 levels deep"),
+        (["merge", str(huge)], f"pytest-infer merge: {huge}: 256 MiB; a JSON report is at most 256 MiB"),
+        (
+            ["merge", str(good), "--json", str(good)],
+            f"pytest-infer merge: --json {good}: the same file as input {good}",
+        ),
+        (
+            ["merge", str(good), "--markdown", str(tmp_path / "m"), "--json", str(tmp_path / "m")],
+            f"pytest-infer merge: --json {tmp_path / 'm'}: the same file as --markdown {tmp_path / 'm'}",
+        ),
+        (["plot", str(good), "-o", str(good)], f"pytest-infer plot: --output {good}: the same file as input {good}"),
+        (
+            ["compare", str(good), str(tmp_path), "--markdown", str(good)],
+            f"pytest-infer compare: --markdown {good}: the same file as input {good}",
+        ),
+        (
+            ["compare", str(tmp_path), str(deep), "--json", str(good)],
+            f"pytest-infer compare: --json {good}: an existing file of input {tmp_path}",
+        ),
+        (["compare", str(good), str(deep)], f"pytest-infer compare: {deep}: JSON nested too deeply to read"),
+    ]
+    for argv, expected in cases:
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(expected), err
+        assert "Traceback" not in err
+    assert good.read_text() == before  # never overwritten

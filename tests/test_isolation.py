@@ -5,6 +5,11 @@ and the JSON report stays complete and valid; state a test leaves behind does no
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -78,6 +83,9 @@ def test_a_crashing_technique_fails_its_own_tests_under_isolate(planted: pytest.
     assert "crashed while running" in out and "planted_crash" in out
     doc = _report(planted)
     assert any(r["technique"] == "sdpa" and r["passed"] for r in doc["results"])
+    crashed = [t for t in doc["tests"] if t["outcome"] == "crashed"]  # listed with that outcome, not lost
+    assert [t["nodeid"] for t in crashed] == ["test_parity.py::test_logit_parity[cpu-float32-planted_crash]"]
+    assert "crashed while running" in crashed[0]["reason"]
 
 
 def test_a_hanging_technique_times_out_with_where_it_was(planted: pytest.Pytester, run_infer) -> None:
@@ -162,29 +170,114 @@ def test_interrupted_run_leaves_a_valid_report_of_what_finished(planted: pytest.
 
 
 def test_state_a_test_leaves_does_not_reach_the_next(pytester: pytest.Pytester, run_infer) -> None:
+    """The test that changed process-wide state fails with what it changed; the next one sees it put back."""
     pytester.makepyfile(
         test_state="""
+        import os
+
         import torch
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 
+        def my_attention(*args, **kwargs):
+            return sdpa_attention_forward(*args, **kwargs)
+
+
         def test_leaves_state(infer_config):
             torch.set_default_dtype(torch.float64)
-            AttentionInterface.register("left_behind", sdpa_attention_forward)
+            AttentionInterface.register("left_behind", my_attention)
+            torch.Tensor.softmax = lambda self, *a, **k: self
+            os.environ["LEFT_BEHIND"] = "a value that could be a secret"
             torch.rand(3)
 
 
+        def test_monkeypatch_puts_back_itself(infer_config, monkeypatch):
+            monkeypatch.setattr(torch.nn.functional, "gelu", my_attention)  # not a leak: undone at teardown
+            monkeypatch.setenv("SET_BY_MONKEYPATCH", "1")
+
+
         def test_sees_clean_state(infer_config):
+            assert torch.nn.functional.gelu is not my_attention and "SET_BY_MONKEYPATCH" not in os.environ
             assert torch.get_default_dtype() == torch.float32
             assert "left_behind" not in AttentionInterface._global_mapping
+            assert "softmax" not in vars(torch.Tensor)
+            assert "LEFT_BEHIND" not in os.environ
             first = torch.rand(3)
             torch.manual_seed(0)
             assert torch.equal(first, torch.rand(3))  # seeded per test
         """
     )
     result = run_infer("-p", "no:randomly", "test_state.py")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_leaves_state*",
+            "pytest-infer: this test left process-wide state changed, which would change the results of the tests "
+            "after it:",
+            "  - torch.Tensor.softmax replaced by test_leaves_state.<locals>.<lambda> (*test_state.py:15)",
+            "  - torch.get_default_dtype(): torch.float32 -> torch.float64",
+            "  - environment variable LEFT_BEHIND set",
+            "  - AttentionInterface: function 'left_behind' registered (my_attention (*test_state.py:8))",
+            "restored now, and the session's models dropped; *",
+        ]
+    )
+    assert "could be a secret" not in result.stdout.str()  # names only, never values
+    assert "gelu" not in result.stdout.str() and "SET_BY_MONKEYPATCH" not in result.stdout.str()
+
+
+LEAKY = """
+import os
+
+import torch
+import torch.nn.functional as F
+
+from pytest_infer import Technique
+
+_sdpa = F.scaled_dot_product_attention
+
+
+def noisy_sdpa(*args, **kwargs):
+    return _sdpa(*args, **kwargs) * 1.05
+
+
+def install_kernel(model):
+    # a technique that installs its "kernel" process-wide instead of on its model, and tunes the process
+    F.scaled_dot_product_attention = noisy_sdpa
+    torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    os.environ["LEAKY_KERNEL_MODE"] = "fast"
+    return model
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(Technique("leaky", "custom", load_kwargs={"attn_implementation": "eager"}, prepare=install_kernel))
+"""
+
+
+@pytest.mark.parametrize("order", ["leaky,sdpa", "sdpa,leaky"])
+def test_a_leaking_technique_fails_itself_and_not_the_clean_one_after_it(
+    pytester: pytest.Pytester, run_infer, order: str
+) -> None:
+    """Without the guard, sdpa run after leaky computes with leaky's patched SDPA and fails its parity (and leaky
+    passes): the verdict lands on the wrong technique. With it, leaky fails with what it leaked, either order."""
+    pytester.makeconftest(LEAKY)
+    result = run_infer(
+        "--infer-suite", "parity", f"--infer-technique={order}", "-k", "logit_parity", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_logit_parity?cpu-float32-leaky? _*",
+            "pytest-infer: this test left process-wide state changed*",
+            "  - torch.nn.functional.scaled_dot_product_attention replaced by noisy_sdpa (*conftest.py:11)",
+            "  - torch.get_num_threads(): * -> 1",
+            "  - torch.get_float32_matmul_precision(): 'highest' -> 'high'",
+            "  - torch.backends.cuda.matmul.allow_tf32: False -> True",
+            "  - environment variable LEAKY_KERNEL_MODE set",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*sdpa *pass *"])  # the matrix: the clean technique's parity holds
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "not-compiled"])
@@ -209,3 +302,81 @@ def test_a_raising_technique_drops_its_model_and_resets_compile_caches_only_if_c
     with pytest.raises(RuntimeError, match="boom"), guard(cache, case, "key"):
         raise RuntimeError("boom")
     assert len(cache) == 0 and resets == ([True] if compiled else [])
+
+
+SLOW_TESTS = """
+import pathlib
+import time
+
+
+def test_first(infer_config):
+    pass
+
+
+def test_second(infer_config):
+    pass
+
+
+def test_stuck(infer_config):
+    pathlib.Path("started").write_text("1")
+    time.sleep(120)
+
+
+def test_never_reached(infer_config):
+    pass
+"""
+
+
+def _interrupted_run(pytester: pytest.Pytester, sig: int, *args: str) -> tuple[int, str]:
+    """A session sent ``sig`` while its third test runs (CI cancelling a job): its exit code and output."""
+    cache = os.environ.get("PYTEST_INFER_TEST_CACHE") or str(Path.home() / ".cache" / "pytest-infer")
+    pytester.makepyfile(test_slow=SLOW_TESTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "pytest_infer", f"--infer-cache-dir={cache}", "test_slow.py", *args],
+        cwd=pytester.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (pytester.path / "started").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.1)
+    process.send_signal(sig)
+    out, _ = process.communicate(timeout=120)
+    return process.returncode, out
+
+
+def test_sigterm_mid_session_leaves_a_valid_report_of_what_finished(pytester: pytest.Pytester) -> None:
+    import signal
+
+    code, out = _interrupted_run(pytester, signal.SIGTERM, "--infer-report=r.json")
+    assert code == pytest.ExitCode.INTERRUPTED, out
+    doc = json.loads((pytester.path / "r.json").read_text())  # strict JSON, whole
+    assert doc["interrupted"] is True
+    assert [(t["nodeid"].split("::")[1], t["outcome"]) for t in doc["tests"]] == [
+        ("test_first", "passed"),
+        ("test_second", "passed"),
+        ("test_stuck", "interrupted"),
+    ]
+
+
+def test_an_interrupted_run_keeps_the_previous_report(pytester: pytest.Pytester) -> None:
+    import signal
+
+    previous = json.dumps({"schema_version": 1, "tests": ["a good earlier run"]})
+    (pytester.path / "r.json").write_text(previous)
+    (pytester.path / "r.md").write_text("earlier matrix\n")
+    code, out = _interrupted_run(pytester, signal.SIGINT, "--infer-report=r.json", "--infer-markdown=r.md")
+    assert code == pytest.ExitCode.INTERRUPTED, out
+    assert (pytester.path / "r.json").read_text() == previous
+    assert (pytester.path / "r.md").read_text() == "earlier matrix\n"
+    partial = json.loads((pytester.path / "r.partial.json").read_text())
+    assert partial["interrupted"] is True and len(partial["tests"]) == 3
+    assert "_The run was interrupted" in (pytester.path / "r.partial.md").read_text()
+    assert (
+        "pytest-infer: the run was interrupted: --infer-report of the tests that finished written to "
+        "r.partial.json; r.json, from an earlier run, is kept"
+    ) in out

@@ -26,7 +26,8 @@ def test_report_content_matches_the_documented_schema(pytester: pytest.Pytester,
     result.assert_outcomes(passed=3, skipped=3)
     doc = validate_report(pytester.path / "out" / "report.json")  # (run_infer validates every report too)
     assert doc["schema_version"] == SCHEMA_VERSION == 1
-    assert set(doc) == {"$schema", "schema_version", "tool", "stack", "config", "duration_s", "tests", "results"}
+    keys = {"$schema", "schema_version", "interrupted", "tool", "stack", "config", "duration_s", "tests", "results"}
+    assert set(doc) == keys and doc["interrupted"] is False
     # the report names its schema: a path inside the package and the repository, where the file is
     assert doc["$schema"] == SCHEMA_REF == "pytest_infer/schema/report-v1.json"
     assert (ROOT / SCHEMA_REF).is_file() and schema_file() == (ROOT / SCHEMA_REF).resolve()
@@ -154,6 +155,40 @@ def test_markdown_matrix_and_github_step_summary(
     assert "infer stack: cpu" in text
     appended = summary.read_text()
     assert appended.startswith("earlier step\n") and "| cpu | float32 | sdpa | pass " in appended
+
+
+def test_an_unwritable_output_is_a_warning_and_reports_are_strict_json(
+    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A $GITHUB_STEP_SUMMARY that cannot be appended to (a folder in its place) does not cost the JSON report or
+    the Markdown (before: the session ended in an INTERNALERROR and wrote neither); a metric that is NaN is
+    null in the report (before: the NaN token, which strict JSON readers refuse)."""
+    (pytester.path / "summary").mkdir()
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary"))
+    pytester.makepyfile(
+        test_nan="""
+        def test_records_a_nan(infer_session):
+            infer_session.record({"kind": "custom", "check": "logits", "variant": "", "technique": "mine",
+                                  "device": "cpu", "dtype": "float32", "passed": True, "failures": [],
+                                  "metrics": {"max_abs": float("nan"), "top1": float("inf")}})
+        """
+    )
+    result = run_infer("--infer-report=r.json", "--infer-markdown=m.md", "test_nan.py")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-infer: WARNING: $GITHUB_STEP_SUMMARY *summary not written: Is a directory; the other outputs were written"
+        ]
+    )
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    doc = json.loads((pytester.path / "r.json").read_text(), parse_constant=refuse)
+    assert doc["results"][0]["metrics"] == {"max_abs": None, "top1": None}
+    assert "| cpu | float32 | mine | pass nan |" in (pytester.path / "m.md").read_text()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
 def test_infer_list_prints_the_catalogue_and_exits(run_infer) -> None:

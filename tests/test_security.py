@@ -381,3 +381,26 @@ def test_the_secret_scan_finds_a_planted_leak(tmp_path: Path, monkeypatch: pytes
     leaky = {"technique": "leaky", "check": "logits", "passed": True, "note": os.environ["AWS_SECRET_ACCESS_KEY"]}
     write_atomically(tmp_path / "report.json", report_document({}, {}, [leaky], [], 0.0, {}))
     assert leaks([tmp_path / "report.json"]) == ["report.json: AWS_SECRET_ACCESS_KEY"]
+
+
+def test_a_token_in_the_model_path_is_masked_in_the_terminal_and_every_report(
+    guarded: pytest.Pytester, run_infer
+) -> None:
+    """A model given with a token inside its path or URL (a folder named after the token, pasted from a URL):
+    the header, the matrix, the JSON report and the Markdown show ``hf_a***``, never the token. (Refusals at
+    start-up are covered in tests/test_bad_input.py: a URL with user:token@ and an id that is a token.)"""
+    token = "hf_" + "aZ3kLq9WmT2xV7bN4cR8pY1sD6fG0hJ"
+    folder = guarded.path / "models" / token
+    folder.parent.mkdir()
+    shutil.copytree(EMBEDDED, folder)
+    result = run_infer(
+        f"--infer-model=models/{token}", "--infer-suite", "parity", "--infer-technique", "sdpa", "-k", "logit",
+        "--infer-report=r.json", "--infer-markdown=r.md",
+    )  # fmt: skip
+    readable(result)
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str() + result.stderr.str()
+    assert f"infer: model {guarded.path}/models/hf_a***" in out
+    for text in (out, (guarded.path / "r.json").read_text(), (guarded.path / "r.md").read_text()):
+        assert [line for line in text.splitlines() if token[4:] in line] == []
+    assert json.loads((guarded.path / "r.json").read_text())["config"]["model"].endswith("/models/hf_a***")

@@ -19,7 +19,7 @@ from pytest_infer.parity.padding import solo_logits
 from pytest_infer.runtime.batch import Batch, encode, forward_logits
 from pytest_infer.runtime.generated import Generated
 from pytest_infer.runtime.generation import greedy_generate
-from pytest_infer.runtime.loading import load_model
+from pytest_infer.runtime.loading import CheckpointError, load_model
 
 R = TypeVar("R")
 
@@ -41,7 +41,14 @@ class CaseModels:
             with ctx.step(f"loading {ctx.source.label} with {case.technique.name} ({case.dtype}, {case.device})"):
                 return load_model(ctx.source, case.technique, case.dtype, case.device)
 
-        return ctx.cache.model(self.key(case), load)
+        refused = (ctx.source, case.dtype)
+        if refused in ctx.cache.refused:  # a broken checkpoint is not loaded again for every technique
+            raise CheckpointError(ctx.cache.refused[refused])
+        try:
+            return ctx.cache.model(self.key(case), load)
+        except CheckpointError as exc:
+            ctx.cache.refused[refused] = str(exc)
+            raise
 
     def step(self, case: Case, what: str) -> AbstractContextManager[None]:
         """A progress step around a call of the case's technique (see :mod:`pytest_infer.progress`)."""

@@ -74,9 +74,14 @@ class ParityChecks:
             prompts=ctx.prompts,
         )
         result.floor = floor.to_dict() if floor else None
+        result.same_as_reference = self._is_reference(case)
         if not result.passed:
             result.localization = self._localize(case, model)
         return models.record(result, case)
+
+    def _is_reference(self, case: Case) -> bool:
+        """Whether ``case`` is the reference itself (its comparison with the reference proves nothing)."""
+        return case.technique.name == self.ctx.reference.name and case.dtype == self.ctx.config.reference_dtype
 
     def padding(self, case: Case) -> list[LogitParityResult]:
         """The padded-batch sweep: every padded row against the same prompt run alone by the reference."""
@@ -125,6 +130,7 @@ class ParityChecks:
                 prompts=ctx.prompts,
                 min_greedy=tolerance.min_greedy,
             )
+            result.same_as_reference = self._is_reference(case)
             results.append(models.record(result, case))
             if n == max(lengths):
                 self.golden.observe_generation(case, candidate)

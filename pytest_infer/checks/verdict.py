@@ -18,6 +18,7 @@ import pytest
 
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import ExplainedFailure
+from pytest_infer.core.redact import mask
 from pytest_infer.runtime.capabilities import architecture_reason
 from pytest_infer.runtime.memory import out_of_memory_message
 from pytest_infer.runtime.model_cache import ModelCache
@@ -89,7 +90,7 @@ def guard(cache: ModelCache, case: Case, key: Hashable, *, strict: bool = False)
                 raise pytest.fail.Exception(f"--infer-strict: {message}", pytrace=False) from None
             raise pytest.skip.Exception(message) from None
         if isinstance(exc, ExplainedFailure):
-            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+            raise pytest.fail.Exception(mask(str(exc)), pytrace=False) from None
         raise
 
 

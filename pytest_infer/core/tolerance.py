@@ -11,6 +11,7 @@ from typing import Any
 
 from pytest_infer.core.dtypes import is_dtype, normalize_dtype
 from pytest_infer.core.errors import TechniqueError
+from pytest_infer.core.numbers import NumberError, parse_real, why
 
 TOLERANCE_METRICS = (
     "max_abs",
@@ -22,6 +23,7 @@ TOLERANCE_METRICS = (
     "tie_margin",
     "min_greedy",
 )
+FRACTIONS = ("min_cosine", "min_top1", "min_greedy")  # shares and cosines: at most 1
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,15 @@ def parse_tolerance_spec(spec: str) -> tuple[str | None, str | None, dict[str, f
             )
         raw = raw.strip()
         try:
-            number = None if raw.lower() == "none" else float(raw)
-        except ValueError:
-            raise TechniqueError(f"tolerance {spec!r}: {raw!r} is not a number (or 'none')") from None
+            number = None if raw.lower() == "none" else parse_real(raw)
+        except NumberError as exc:
+            clear = "; 'none' clears a bound" if "finite" in str(exc) else ""
+            raise TechniqueError(f"tolerance {spec!r}: {raw!r} is not a number (or 'none'){why(exc)}{clear}") from None
         values[key] = number
         if number is not None and (math.isnan(number) or number < 0):
             raise TechniqueError(f"tolerance {spec!r}: {key} must be a non-negative number")
+        if number is not None and key in FRACTIONS and number > 1:
+            raise TechniqueError(f"tolerance {spec!r}: {key} is a fraction: at most 1, got {raw}")
     if not values:
         raise TechniqueError(f"tolerance {spec!r}: no metric=value given")
     return technique, dtype, values
@@ -147,4 +152,8 @@ def number_problem(key: str, value: Any, *, allow_none: bool) -> str | None:
         return f"{key}={value!r} is not a number"
     if value != value or value < 0:  # NaN or negative
         return f"{key}={value!r} must be a non-negative number"
+    if not math.isfinite(value):
+        return f"{key}={value!r} must be a finite number" + (" (None clears a bound)" if allow_none else "")
+    if key in FRACTIONS and value > 1:
+        return f"{key}={value!r} is a fraction: at most 1"
     return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_infer.core.text import number
+from pytest_infer.parity.logits import SAME_AS_REFERENCE
 from pytest_infer.runtime.generated import Generated
 
 
@@ -46,6 +47,7 @@ class GenerationParityResult:
     prompts: list[str] = field(default_factory=list)
     kind: str = "generation_parity"
     min_greedy: float | None = None  # lossy techniques: required greedy agreement instead of exact rows
+    same_as_reference: bool = False  # the reference compared with itself (see parity.logits.SAME_AS_REFERENCE)
 
     @property
     def greedy_agreement(self) -> float:
@@ -108,6 +110,8 @@ class GenerationParityResult:
             f"generation parity {verdict}: {self.technique} ({self.dtype}) vs reference {self.reference} "
             f"({self.reference_dtype}) on {self.device}, {len(self.rows)} prompts x {self.new_tokens} greedy tokens"
         ]
+        if self.same_as_reference:
+            lines.append(f"  {SAME_AS_REFERENCE}")
         if self.min_greedy is not None:
             lines.append(
                 f"  lossy technique: greedy agreement {self.greedy_agreement:.3f}, required >= {self.min_greedy:g}"
@@ -138,6 +142,7 @@ class GenerationParityResult:
             "new_tokens": self.new_tokens,
             "near_tie": self.near_tie,
             "min_greedy": self.min_greedy,
+            "same_as_reference": self.same_as_reference,
             "metrics": self.metrics,
             "failures": self.failures,
             "rows": [dataclasses.asdict(r) for r in self.rows],

@@ -39,6 +39,12 @@ class RowParity:
     worst_position: int  # position of max_abs within the row (index into the unpadded prompt)
 
 
+SAME_AS_REFERENCE = (
+    "the reference itself: the same technique in the same dtype compared with itself, so this tests nothing "
+    "about it (pass another --infer-reference to test it)"
+)
+
+
 @dataclass
 class LogitParityResult:
     """The outcome of one logit-parity check, with everything a reader needs to judge it."""
@@ -58,6 +64,7 @@ class LogitParityResult:
     variant: str = ""  # e.g. "left+7 padding"
     floor: dict[str, Any] | None = None  # the measured noise floor the bounds were derived from
     localization: str | None = None  # on failure: the first decoder layer that parted
+    same_as_reference: bool = False  # the reference compared with itself (same technique and dtype): proves nothing
 
     @property
     def passed(self) -> bool:
@@ -96,6 +103,8 @@ class LogitParityResult:
             f"vs reference {self.reference} "
             f"({self.reference_dtype}) on {self.device}, {len(self.rows)} prompts"
         ]
+        if self.same_as_reference:
+            lines.append(f"  {SAME_AS_REFERENCE}")
         tol = self.tolerance
         lines.append(f"  {'metric':<10} {'measured':>12} {'bound':>14}  verdict")
         m = self.metrics
@@ -150,6 +159,7 @@ class LogitParityResult:
             "rows": [asdict(r) for r in self.rows],
             "floor": self.floor,
             "localization": self.localization,
+            "same_as_reference": self.same_as_reference,
         }
 
 

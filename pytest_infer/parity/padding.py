@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_infer.core.numbers import MAX_TOKENS, NumberError, parse_int, why
 from pytest_infer.core.technique import Technique
 from pytest_infer.core.tolerance import Tolerance
 from pytest_infer.parity.logits import LogitParityResult, compare_logits
@@ -42,9 +43,15 @@ def parse_sweep(spec: str) -> tuple[PadPoint, ...]:
         if side not in ("left", "right") or not sep:
             raise ValueError(f"padding sweep {spec!r}: expected 'left:N,N;right:N', got {part!r}")
         for v in values.split(","):
-            if not v.isdigit():
+            try:
+                extra = parse_int(v)
+            except NumberError as exc:
+                raise ValueError(f"padding sweep {spec!r}: {v!r} is not a non-negative integer{why(exc)}") from None
+            if extra < 0:
                 raise ValueError(f"padding sweep {spec!r}: {v!r} is not a non-negative integer")
-            points.append(PadPoint(side, int(v)))
+            if extra > MAX_TOKENS:
+                raise ValueError(f"padding sweep {spec!r}: {extra} pad tokens is more than {MAX_TOKENS:,}")
+            points.append(PadPoint(side, extra))
     if not points:
         raise ValueError(f"padding sweep {spec!r}: no pad lengths given")
     return tuple(dict.fromkeys(points))

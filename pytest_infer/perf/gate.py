@@ -4,8 +4,9 @@ against its stored run."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from pytest_infer.core.numbers import NumberError, parse_real, why
 
 # metric -> direction: +1 bigger is better, -1 smaller is better. A rule applies to every perf test whose result
 # has the metric (speedup, cpu_speedup, median_s: every timed scenario; tokens_per_s: decode, prefill, batching;
@@ -64,11 +65,13 @@ def parse_compare_fail(spec: str) -> dict[str, Threshold]:
         relative = amount.strip().endswith("%")
         number = amount.strip().removesuffix("%").strip()
         try:
-            value = float(number)
-        except ValueError:
+            value = parse_real(number)
+        except NumberError as exc:
             kind = "a percentage" if relative else "a number (an absolute change) or a percentage (PCT%)"
-            raise ValueError(f"{part!r}: {amount.strip()!r} is not {kind}") from None
-        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{part!r}: {amount.strip()!r} is not {kind}{why(exc)}") from None
+        if relative and not 0 <= value <= 1000:
+            raise ValueError(f"{part!r}: {amount.strip()!r} must lie between 0% and 1000%")
+        if value < 0:
             raise ValueError(f"{part!r}: the allowed change must be a finite number >= 0, got {amount.strip()!r}")
         rules[name] = Threshold(value / 100.0 if relative else value, relative)
     return rules

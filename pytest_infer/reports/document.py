@@ -1,14 +1,19 @@
 """The versioned JSON report document (``--infer-report``), the JSON Schema it follows (shipped in the package:
-:func:`schema_file`), and writing it atomically."""
+:func:`schema_file`), and writing it atomically, as strict JSON: NaN and infinities (a metric that could not be
+computed) are written as ``null``, never as the ``NaN`` token most JSON readers refuse; secrets (a token in a
+model URL) masked (:mod:`pytest_infer.core.redact`)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from pytest_infer.core.redact import mask_data
 
 SCHEMA_VERSION = 1
 # where the report's JSON Schema ships: this path inside the package (and the repository); the report names it
@@ -28,12 +33,14 @@ def report_document(
     outcomes: Sequence[Mapping[str, Any]],
     duration_s: float,
     versions: Mapping[str, str],
+    interrupted: bool = False,
 ) -> dict[str, Any]:
     """The JSON report (schema version :data:`SCHEMA_VERSION`, documented in docs/report-schema.md and checked by
     the JSON Schema :data:`SCHEMA_REF` names)."""
     return {
         "$schema": SCHEMA_REF,
         "schema_version": SCHEMA_VERSION,
+        "interrupted": interrupted,
         "tool": dict(versions),
         "stack": dict(stack),
         "config": dict(config),
@@ -43,14 +50,28 @@ def report_document(
     }
 
 
+def strict(data: Any) -> Any:
+    """``data`` as strict JSON can hold it: NaN and infinities become None, tuples and sets lists, keys strings,
+    anything else its ``str`` (what ``json.dump(default=str)`` would write)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if data is None or isinstance(data, (str, int, bool)):
+        return data
+    if isinstance(data, Mapping):
+        return {k if isinstance(k, str) else str(k): strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple, set, frozenset)):
+        return [strict(v) for v in data]
+    return str(data)
+
+
 def write_atomically(path: str | Path, document: Mapping[str, Any]) -> None:
     """Write JSON next to ``path`` and rename it into place: an interrupted run never leaves half a file."""
     target = Path(path)
+    text = json.dumps(strict(mask_data(document)), indent=1, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1, default=str, allow_nan=True)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,6 @@ separates the pytest-benchmark baselines). Nothing here imports torch: merging r
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pytest_infer.core.known_issues import CHECKS
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.version import __version__
 from pytest_infer.reports.document import SCHEMA_VERSION
+from pytest_infer.reports.validate_input import InputError, read_json, validate_report
 
 MERGED_KIND = "stack_matrix"
 PARITY_CHECKS = ("logits", "padding", "generation")
@@ -43,26 +43,10 @@ def _version() -> str:
 
 def read_report(path: str | Path) -> dict[str, Any]:
     """Load one JSON report (``--infer-report``); :class:`ReportError` names the file and what is wrong."""
-    p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ReportError(f"{path}: is a directory, expected a JSON report file") from None
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise ReportError(
-            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a JSON report"
-        ) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            "expected a report written by `pytest --infer-report PATH`"
-        ) from None
+        doc = read_json(path)
+    except InputError as exc:
+        raise ReportError(str(exc)) from None
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise ReportError(
             f"{path}: not a pytest-infer report (no schema_version); write one with `pytest --infer-report PATH`"
@@ -85,9 +69,10 @@ def check_versions(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
                 "(re-run that job, or run the merge with the pytest-infer version that wrote the report)"
             )
     for path, doc in documents:
-        for key, kind in (("results", list), ("tests", list), ("stack", dict)):
-            if not isinstance(doc.get(key), kind):
-                raise ReportError(f"{path}: report has no {key!r} {kind.__name__}; the file is truncated or not ours")
+        try:
+            validate_report(path, doc)
+        except InputError as exc:
+            raise ReportError(str(exc)) from None
 
 
 def load_reports(paths: Iterable[str | Path]) -> list[tuple[str, dict[str, Any]]]:

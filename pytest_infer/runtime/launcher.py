@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_infer.core.case import Case
+from pytest_infer.core.numbers import NumberError, parse_int, why
 from pytest_infer.runtime.batch import Batch
 from pytest_infer.runtime.generated import Generated
 from pytest_infer.runtime.loading import ModelSource, device_kind
@@ -72,9 +73,13 @@ class LaunchSettings:
             raw = get(name)
             if raw is None:
                 return default
-            if not raw.isdigit():
-                raise LaunchError(f"{ENV_PREFIX}{name}={raw!r}: expected a non-negative integer")
-            return int(raw)
+            try:
+                value = parse_int(raw)
+            except NumberError as exc:
+                raise LaunchError(f"{ENV_PREFIX}{name}={raw!r}: expected a non-negative integer{why(exc)}") from None
+            if not 0 <= value <= 65535:
+                raise LaunchError(f"{ENV_PREFIX}{name}={raw!r}: expected an integer from 0 to 65535")
+            return value
 
         nnodes = integer("NNODES", 1) or 1
         if tp_size % nnodes:

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_infer.core.dtypes import torch_dtype
 from pytest_infer.core.errors import ExplainedFailure
+from pytest_infer.core.redact import mask
 from pytest_infer.core.technique import Technique, resolve_kwargs
+from pytest_infer.runtime.checkpoint import loading_problem, nonfinite_problem
 from pytest_infer.runtime.quiet import quiet_progress_bars
 
 
 class ModelLoadError(ExplainedFailure):
     """Loading failed for a reason the user can fix; the message says how (shown without a traceback)."""
+
+
+class CheckpointError(ModelLoadError):
+    """The checkpoint itself is broken (tensors missing, unexpected or not finite): whatever technique loads it
+    fails with the checkpoint named, and the session does not load it again in that dtype."""
 
 
 def _why(exc: BaseException, source: ModelSource, limit: int = 600) -> str:
@@ -52,7 +62,7 @@ class ModelSource:
 
     @property
     def label(self) -> str:
-        return Path(self.name_or_path).name if self.is_local else self.name_or_path
+        return mask(Path(self.name_or_path).name if self.is_local else self.name_or_path)
 
 
 def resolve_device(spec: str) -> str:
@@ -83,7 +93,7 @@ def load_tokenizer(source: ModelSource) -> Any:
         tok = AutoTokenizer.from_pretrained(source.name_or_path, trust_remote_code=source.trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError with long, multi-line texts
         raise ModelLoadError(
-            f"could not load a tokenizer for {source.name_or_path}: {_why(exc, source)}", exc
+            mask(f"could not load a tokenizer for {source.name_or_path}: {_why(exc, source)}"), exc
         ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -103,15 +113,22 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
         "use_safetensors": None if source.allow_pickle else True,
     }
     kwargs.update(resolve_kwargs(technique.load_kwargs, device=device, dtype=dtype))
+    quantizing = "quantization_config" in kwargs  # a quantizer may add or drop tensors of its own
     try:
-        with quiet_progress_bars():  # the plugin's progress lines say what loads; no bar in captured output
-            model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
+        with quiet_progress_bars(), _inductor_config_kept(quantizing):  # no bar in captured output
+            loaded: Any = AutoModelForCausalLM.from_pretrained(source.name_or_path, output_loading_info=True, **kwargs)
     except Exception as exc:
         raise ModelLoadError(
-            f"loading {source.label} with {technique.name} ({dtype}) failed: {_why(exc, source)}", exc
+            mask(f"loading {source.label} with {technique.name} ({dtype}) failed: {_why(exc, source)}"), exc
         ) from None
-    if "device_map" not in kwargs:
-        model.to(device)  # type: ignore[arg-type]  # transformers' overloads of .to()
+    model, info = loaded
+    problem = None if quantizing else loading_problem(source.label, dict(info), type(model).__name__)
+    if problem is None and "device_map" not in kwargs:
+        model.to(device)
+    problem = problem or nonfinite_problem(source.label, nonfinite_weights(model), dtype)  # on the device: fast
+    if problem is not None:
+        del model, loaded
+        raise CheckpointError(problem)
     model.eval()
     effective = getattr(model.config, "_attn_implementation", None)
     if technique.effective_attention is not None and effective not in technique.effective_attention:
@@ -122,3 +139,37 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
     if technique.prepare is not None:
         model = technique.prepare(model)
     return model
+
+
+@contextlib.contextmanager
+def _inductor_config_kept(quantizing: bool) -> Iterator[None]:
+    """torchao's quantizer sets process-wide inductor options while it loads (its recommended settings for
+    torch.compile); they would change every later compiled technique, so a quantizing load puts them back."""
+    config: Any = None
+    if quantizing:
+        with contextlib.suppress(Exception):
+            config = importlib.import_module("torch._inductor.config")
+    saved = config.get_config_copy() if config is not None else None
+    try:
+        yield
+    finally:
+        if config is not None and saved is not None:
+            for key, value in config.get_config_copy().items():
+                if key in saved and value != saved[key]:
+                    setattr(config, key, saved[key])
+
+
+def nonfinite_weights(model: Any) -> list[tuple[str, int, int]]:
+    """(name, non-finite values, values) of each floating-point weight holding NaN or Inf. Plain tensors only:
+    quantized and packed weights (integer storage, tensor subclasses) cannot hold either."""
+    import torch
+
+    out = []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+        if type(data) is not torch.Tensor or not data.is_floating_point() or data.device.type == "meta":
+            continue
+        finite = torch.isfinite(data)
+        if not bool(finite.all()):
+            out.append((name, int((~finite).sum()), data.numel()))
+    return out

@@ -32,6 +32,7 @@ class ModelCache:
         self._bytes: dict[Hashable, int] = {}
         self._device: dict[Hashable, str] = {}
         self._tensors: dict[Hashable, Any] = {}
+        self.refused: dict[Hashable, str] = {}  # (source, dtype) -> why its checkpoint was refused: not loaded again
         self._recent: OrderedDict[Hashable, Any] = OrderedDict()  # the last few forwards (see recent)
         self.loads = 0
         self.evictions = 0
