@@ -7,7 +7,7 @@ import pytest
 
 PLANTED = """
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from pytest_infer import Technique
@@ -67,8 +67,20 @@ def forgetful(model):
     return model
 
 
+def my_kernel(module, query, key, value, attention_mask, **kwargs):
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def no_kernel_here(model):
+    # a library that finds no kernel for this device and quietly registers sdpa under the kernel's name:
+    # same name, bit-identical to sdpa
+    AttentionInterface.register("fallback_attn", sdpa_attention_forward)
+    return model
+
+
 def pytest_infer_register_techniques(registry):
     registry.add(attention_function_technique("maskless", maskless))
+    registry.add(attention_function_technique("fallback_attn", my_kernel, prepare=no_kernel_here))
     registry.add(attention_function_technique("nan_masked_rows", nan_on_masked_rows))
     registry.add(Technique(name="layer2_off", family="custom", load_kwargs={"attn_implementation": "sdpa"},
                            prepare=perturb_layer(2, 1.05)))
@@ -102,6 +114,15 @@ def test_nan_on_fully_masked_rows_is_found_with_row_and_position(planted: pytest
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*candidate logits contain NaN/Inf at * position(s) in row(s) *; first at row *, position * (* position)*"]
+    )
+
+
+def test_attention_that_falls_back_to_sdpa_fails_its_probe(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "fallback_attn,sdpa", "-k", "logit_parity")
+    result.assert_outcomes(failed=1, passed=1)  # the planted fallback fails, the built-in passes
+    assert "FAILED test_parity.py::test_logit_parity[cpu-float32-fallback_attn]" in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["*fallback_attn: attention function 'my_kernel' ran 0 times in * forward(s) of the model: the requested*"]
     )
 
 

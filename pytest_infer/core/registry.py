@@ -106,6 +106,7 @@ def compose(a: Technique, b: Technique) -> Technique:
         compiled=a.compiled or b.compiled,
         inference_mode=a.inference_mode and b.inference_mode,
         components=a.components + b.components,
+        probes=tuple(dict.fromkeys(a.probes + b.probes)),
     )
 
 
