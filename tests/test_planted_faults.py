@@ -233,7 +233,26 @@ def compile_static_shapes(model):
     return model
 
 
+CALLS = {"n": 0}
+
+
+def recompile_every_call(model):
+    # the transformers #37908 family: a Python counter read in a compiled region is guarded on its value, so every
+    # call compiles again until torch's recompile limit (8), after which the frame silently runs uncompiled
+    head = model.lm_head
+    original = head.forward
+
+    def forward(hidden_states):
+        CALLS["n"] += 1
+        return original(hidden_states) * (CALLS["n"] > 0)  # the counter is read in the graph: guarded on its value
+
+    head.forward = torch.compile(forward, backend="eager")  # a cheap backend: the fault, not inductor, is tested
+    return model
+
+
 def pytest_infer_register_techniques(registry):
+    registry.add(Technique(name="every_call", family="compilation", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=recompile_every_call, compiled=True))
     registry.add(Technique(
         name="recompiling", family="compilation", load_kwargs={"attn_implementation": "sdpa"},
         generate_kwargs={"cache_implementation": "static", "max_cache_len": Lazy(max_cache_len), "disable_compile": True},
@@ -245,12 +264,26 @@ def pytest_infer_register_techniques(registry):
 def test_compiled_path_that_recompiles_fails_the_guard(pytester: pytest.Pytester, run_infer) -> None:
     pytester.makeconftest(RECOMPILING)
     result = run_infer(
-        "--infer-suite", "generation", "--infer-technique", "recompiling,static_compile", "-k", "recompiles"
+        "--infer-suite",
+        "generation",
+        "--infer-technique",
+        "recompiling,every_call,static_compile",
+        "-k",
+        "recompiles",
     )
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*recompile guard FAILED: every_call (float32) on cpu: warm-up compiled 8 graph(s)*; 0 recompile(s) in an "
+            "identical call; 0 recompile(s) in 3 further calls*",
+            "*torch.compile hit its recompile limit: recompile_limit (8) for 'forward' (*conftest.py:*), last failed "
+            "guard: */7: G?'CALLS'??'n'? == 7 *; from then on this frame runs uncompiled*",
+        ]
+    )
     result.stdout.fnmatch_lines(
         [
             "*recompile guard FAILED: recompiling (float32) on cpu: warm-up compiled * graph(s)*; * recompile(s) in 3 further calls*",
             "*recompilation(s) after warm-up over 3 calls: shorter prompts, max_new_tokens 24, max_new_tokens 8*",
+            "*recompiled '*' (*): guard failed: *size mismatch*",
         ]
     )
