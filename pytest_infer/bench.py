@@ -1,6 +1,6 @@
 """pytest-benchmark glue: machine info with the full stack, baselines stored per stack, the stored run our
-regression gate (``--infer-compare-fail``, :mod:`pytest_infer.perf.gate`) compares with, and the terminal section
-of every perf figure.
+regression gate (``--infer-compare-fail``, :mod:`pytest_infer.perf.gate`) compares with (``--benchmark-compare``'s,
+or by itself the newest of this stack), and the terminal section of every perf figure.
 
 :class:`BenchmarkHooks` is registered only when pytest-benchmark is loaded
 (``config.pluginmanager.hasplugin("benchmark")``).
@@ -54,26 +54,43 @@ class BenchmarkHooks:
         return entry
 
     def _load(self) -> dict[str, dict[str, Any]]:
+        """The stored run to compare with: the one ``--benchmark-compare`` names (its newest match; no value: the
+        newest stored run), else, by itself, the newest stored run of this stack (the storage is per stack unless
+        ``--benchmark-storage`` is given, and a run of another stack is never taken)."""
         config = self.session.pytest_config
         compare = config.getoption("benchmark_compare", None)
         bs = getattr(config, "_benchmarksession", None)
-        if bs is None or compare is None:
+        if bs is None:
             return {}
         try:
-            files = list(bs.storage.query(compare)) if compare is not True else list(bs.storage.query())[-1:]
-            if not files:
-                return {}
-            path, data = next(iter(bs.storage.load(files[-1])))
-        except Exception as exc:  # no stored run yet: nothing to compare with
+            if not compare:  # not given: pytest-benchmark's default is []
+                found = self._newest_of_this_stack(bs.storage)
+            else:
+                files = list(bs.storage.query(compare)) if compare is not True else list(bs.storage.query())[-1:]
+                found = next(iter(bs.storage.load(files[-1]))) if files else None
+        except Exception as exc:  # an unreadable storage: nothing to compare with, and the notes say why
             self.stored_source = f"(no stored baseline: {exc})"
             return {}
-        self.stored_source = str(path)
+        if found is None:
+            where = f" matching {compare!r}" if compare else f" of stack {self.session.stack.key()}"
+            self.stored_source = f"(no stored run{where} in {bs.storage}; store one with --benchmark-autosave)"
+            return {}
+        path, data = found
+        self.stored_source = str(path) + ("" if compare else " (the newest stored run of this stack)")
         out: dict[str, dict[str, Any]] = {}
         for b in data.get("benchmarks", []):
             metrics = (b.get("extra_info") or {}).get("infer_metrics")
             if isinstance(metrics, dict):
                 out[b["fullname"]] = metrics
         return out
+
+    def _newest_of_this_stack(self, storage: Any) -> tuple[Any, dict[str, Any]] | None:
+        key = self.session.stack.key()
+        for file in reversed(list(storage.query("[0-9][0-9][0-9][0-9]_"))):  # the runs pytest-benchmark saved
+            for path, data in storage.load(file):
+                if (data.get("machine_info") or {}).get("infer_stack_key") == key:
+                    return path, data
+        return None
 
 
 def stack_storage(session: InferSession, config: pytest.Config) -> None:
@@ -97,3 +114,7 @@ class PerfSummary:
             terminalreporter.section("pytest-infer: performance")
             for line in lines:
                 terminalreporter.write_line(line)
+            stored = self.session.stored_runs
+            if stored is not None and stored.stored_source and self.session.config.compare_fail:
+                rules = self.session.config.compare_fail
+                terminalreporter.write_line(f"regression gate --infer-compare-fail={rules}: vs {stored.stored_source}")

@@ -16,7 +16,7 @@ from pytest_infer.checks.ranks import cached_preflight
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import TechniqueError
 from pytest_infer.core.known_issues import CHECKS, known_issue
-from pytest_infer.core.resources import SUITE_FILES, suites_dir
+from pytest_infer.core.resources import GOLDEN_FILES, SUITE_FILES, suites_dir
 from pytest_infer.core.technique import FAMILIES
 from pytest_infer.markers import marker_problem
 from pytest_infer.perf.scenarios import TESTS, prefill_lengths, wanted
@@ -44,6 +44,8 @@ class Collection:
             return
         folder = suites_dir()
         self.suite_files = {folder / f for s in self.config.suites for f in SUITE_FILES[s]}
+        if self.config.golden:
+            self.suite_files |= {folder / GOLDEN_FILES[s][0] for s in self.config.suites if s in GOLDEN_FILES}
         missing = [str(f) for f in self.suite_files if not f.is_file()]
         if missing:
             raise pytest.UsageError(
@@ -169,13 +171,19 @@ class Collection:
         file_start: dict[Path, int] = {}
         for index, item in enumerate(items):
             file_start.setdefault(item.path, index)
+        # a golden test follows its case's tests of the partner file (test_parity.py for test_parity_golden.py):
+        # what they computed is handed over, on the same xdist worker too
+        folder = suites_dir_cached()
+        partner = {folder / golden: folder / other for golden, other in GOLDEN_FILES.values()}
 
-        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
             index, item = pair
             case = _item_case(item)
             if case is None or item.path not in self.suite_files:
-                return (index, 0, 0)  # in place
-            return (file_start[item.path], order.get(case.id, len(order)), index)
+                return (index, 0, 0, 0)  # in place
+            follows = partner.get(item.path)
+            start = file_start.get(follows, file_start[item.path]) if follows else file_start[item.path]
+            return (start, order.get(case.id, len(order)), int(follows in file_start), index)
 
         items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 

@@ -9,7 +9,9 @@
 - **Hangs**: ``--infer-timeout SECONDS`` fails a test that runs longer, with the timeout and the stack of where
   it was (``SIGALRM`` in the main thread, as pytest-timeout's signal method); a hang inside native code that never
   returns to Python is caught under ``--infer-isolate`` by ``faulthandler``, which dumps every thread's stack
-  and ends the worker ``GRACE_S`` seconds later.
+  and ends the worker ``GRACE_S`` seconds later. A process has one ``SIGALRM`` timer: where pytest-timeout times
+  a test (``--timeout``, its ini key or ``PYTEST_TIMEOUT``, or a ``timeout`` marker), ``--infer-timeout`` defers to
+  it for that test and the header says so (:func:`pytest_timeout_seconds`).
 - **State** between tests: the default dtype and the attention registrations a test body made (outside the
   selected techniques) are restored; the RNGs are seeded per test (``SEED``).
 - **Explained failures** (:class:`~pytest_infer.core.errors.ExplainedFailure`: a model that does not load, a
@@ -84,6 +86,25 @@ class NoBenchmark:
         return None
 
 
+def pytest_timeout_seconds(config: pytest.Config, item: pytest.Item | None = None) -> float:
+    """The seconds pytest-timeout times ``item`` with (its marker, else its session-wide setting; without ``item``
+    the session-wide one); 0 where it does not time it, or is not loaded."""
+    plugin = config.pluginmanager.getplugin("timeout")
+    if plugin is None:
+        return 0.0
+    timeout: Any = getattr(config, "_env_timeout", None)  # what pytest-timeout's configure resolved
+    settings = getattr(plugin, "_get_item_settings", None)
+    if item is not None and settings is not None:
+        try:
+            timeout = settings(item).timeout
+        except Exception:  # a malformed timeout marker: pytest-timeout reports it in its own hook
+            timeout = None
+    try:
+        return max(float(timeout or 0), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 class Guards:
     """Per-test timeout and state restoration, for tests that use pytest-infer's fixtures."""
 
@@ -92,6 +113,17 @@ class Guards:
         self.isolated = isolated
         self.allowed_attention = allowed_attention
 
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        """One line when pytest-timeout times the tests too: which timer a test gets."""
+        theirs = pytest_timeout_seconds(config)
+        if self.timeout_s <= 0 or theirs <= 0:
+            return []
+        method = getattr(config, "_env_timeout_method", "signal")
+        return [
+            f"infer timeout: pytest-timeout times the tests ({theirs:g} s, method {method}); --infer-timeout "
+            f"{self.timeout_s} s only those it does not time (@pytest.mark.timeout(0))"
+        ]
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         if not _is_infer_item(item):
@@ -99,7 +131,10 @@ class Guards:
         state = _snapshot_state()
         _seed()
         alarm = (
-            self.timeout_s > 0 and threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM")
+            self.timeout_s > 0
+            and threading.current_thread() is threading.main_thread()
+            and hasattr(signal, "SIGALRM")
+            and not pytest_timeout_seconds(item.config, item)  # pytest-timeout times this test: its timer, not ours
         )
         previous = None
         if alarm:

@@ -1,9 +1,9 @@
 """The option table and how a value is chosen: every ``--infer-*`` option has an ``infer_*`` ini twin.
 
 :data:`OPTIONS` is the single table both are declared from (``plugin.py`` turns it into ``addoption``/``addini``
-calls, ``docs/configuration.md`` is checked against it) and :func:`resolve_raw` is the single place a value is
-chosen: command line, then ini, then default. :mod:`pytest_infer.validation` checks the values. Nothing here imports
-pytest, torch or transformers.
+calls, with the ini type :func:`ini_type` gives, ``docs/configuration.md`` is checked against it) and
+:func:`resolve_raw` is the single place a value is chosen: command line, then ini, then default.
+:mod:`pytest_infer.validation` checks the values. Nothing here imports pytest, torch or transformers.
 """
 
 from __future__ import annotations
@@ -141,10 +141,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "compare_fail",
-        "fail a perf test whose metric regressed against the stored pytest-benchmark baseline, optionally for one "
-        "scenario: 'cpu_speedup:8%,load.cpu_speedup:30%,peak_memory:5%' (paired ratios for shared runners)",
+        "fail a perf test whose metric regressed against the stored pytest-benchmark run (--benchmark-compare's, "
+        "else the newest of this stack), by a percentage or an absolute amount in the metric's unit, optionally for "
+        "one scenario: 'cpu_speedup:8%,load.cpu_speedup:30%,peak_memory:50e6' (paired ratios for shared runners)",
         "",
-        metavar="[SCENARIO.]METRIC:PCT[,...]",
+        metavar="[SCENARIO.]METRIC:PCT%|VALUE[,...]",
     ),
     Option(
         "markdown",
@@ -220,8 +221,54 @@ OPTIONS: tuple[Option, ...] = (
         "list",
         "SPEC",
     ),
+    # issue 18: goldens, stored per model x stack class x dtype x technique (docs/goldens.md)
+    Option(
+        "golden",
+        "compare every parity and generation case with its stored golden in this folder (a missing one is a skip, "
+        "a failure under --infer-strict); docs/goldens.md",
+        "",
+        metavar="DIR",
+    ),
+    Option(
+        "golden_record",
+        "write the goldens missing from --infer-golden DIR (existing ones are compared, never overwritten)",
+        False,
+        "bool",
+    ),
+    Option(
+        "golden_regen",
+        "rewrite the goldens of the selected cases on purpose; the terminal lists what changed in each",
+        False,
+        "bool",
+    ),
+    Option("golden_top_k", "log-probabilities kept per position when a golden is written", 20, "int", "K"),
 )
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+# what an ini value of each kind must look like, for the message when pytest's own type check refuses one
+EXPECTED = {
+    "bool": "true or false",
+    "list": 'a list of strings, e.g. ["a", "b"] (in an INI file: one comma-separated line, or one item per line)',
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+}
+
+
+def ini_type(opt: Option, pytest_version: tuple[int, ...]) -> Any:
+    """The type ``opt``'s ini key is registered with: pytest's own where one fits, so ``[tool.pytest.ini_options]``
+    and ``[tool.pytest]`` (pytest 9's native TOML) take TOML booleans, lists and numbers as they are.
+
+    bool -> ``"bool"``; list -> ``"linelist"`` (a TOML array, or lines; an item may still be a comma list); int and
+    float -> ``int | str`` / ``float | str`` from pytest 9.2 (a union: ``auto`` and a bad value reach our validator,
+    whose message names the option), ``"string"`` before (an INI string, validated by us); str -> ``"string"``."""
+    if opt.kind == "bool":
+        return "bool"
+    if opt.kind == "list":
+        return "linelist"
+    if opt.kind in ("int", "float") and pytest_version >= (9, 2):
+        return int | str if opt.kind == "int" else float | str
+    return "string"
 
 
 def parse_bool(value: str | bool, what: str) -> bool:
@@ -239,8 +286,8 @@ def split_list(values: str | Sequence[str], sep: str = ",") -> list[str]:
     """``"a, b" / ["a,b", "c"]`` -> ``["a", "b", "c"]`` (repeated flags and comma lists both work)."""
     items = [values] if isinstance(values, str) else list(values)
     out: list[str] = []
-    for item in items:
-        out.extend(p.strip() for p in item.replace("\n", sep).split(sep) if p.strip())
+    for item in items:  # an item of a TOML array may be a number (infer_new_tokens = [16, 64])
+        out.extend(p.strip() for p in str(item).replace("\n", sep).split(sep) if p.strip())
     return out
 
 
@@ -288,7 +335,8 @@ def _blank(opt: Option, raw: Any) -> bool:
 def resolve_raw(
     cli: Callable[[str], Any], ini: Callable[[str], Any], ini_file: str = ""
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Pick each option's value: command line, then ini, then default. ``cli``/``ini`` return None/"" when unset.
+    """Pick each option's value: command line, then ini, then default. ``cli``/``ini`` return None/""/[] when unset;
+    ``ini`` raises :class:`ConfigError` with pytest's words when pytest's type check refuses the value.
 
     An option given on the command line with an empty value is an error rather than the default: it is
     almost always an unset shell variable (``--infer-model "$MODEL"``), and silently testing the embedded
@@ -305,7 +353,11 @@ def resolve_raw(
         if raw is not None and raw != [] and raw != "":
             values[opt.name], sources[opt.name] = coerce(opt, raw, "cli"), "cli"
             continue
-        raw = ini(opt.ini)
+        try:
+            raw = ini(opt.ini)
+        except ConfigError as exc:  # pytest's own type check refused the value (see ini_type)
+            where = f" (set in {ini_file})" if ini_file else ""
+            raise ConfigError(f"ini option {opt.ini}: {exc}; expected {EXPECTED[opt.kind]}{where}") from None
         if raw is not None and raw != "" and raw != []:
             values[opt.name], sources[opt.name] = coerce(opt, raw, "ini", ini_file), "ini"
             continue

@@ -20,11 +20,14 @@ from pytest_infer.collection import Collection
 from pytest_infer.core.tolerance import Tolerance
 from pytest_infer.isolation import ExplainedFailures, Guards, NoBenchmark, isolate_args, wants_isolation
 from pytest_infer.markers import MARKERS
-from pytest_infer.options import OPTIONS
+from pytest_infer.noise import QuietBackends
+from pytest_infer.options import OPTIONS, ini_type
 from pytest_infer.parity.logits import LogitParityResult
 from pytest_infer.progress import Progress
 from pytest_infer.session import SESSION_KEY, InferSession
 from pytest_infer.xdist_results import XdistResults
+
+PYTEST = tuple(int(p) for p in pytest.__version__.split(".")[:2] if p.isdigit())
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -51,7 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
         else:
             group.addoption(opt.flag, default=None, dest="infer_" + opt.name, metavar=opt.metavar, help=_h(opt.help))
-        parser.addini(opt.ini, help=f"default for {opt.flag}: {opt.help}", type="string", default="")
+        # typed (options.ini_type); default None: unset reads as None, so "false"/0 set in a file still counts as set
+        parser.addini(opt.ini, help=f"default for {opt.flag}: {opt.help}", type=ini_type(opt, PYTEST), default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +78,8 @@ def pytest_configure(config: pytest.Config) -> None:
     manager.register(ExplainedFailures(), "infer_explained_failures")
     manager.register(PerfSummary(session), "infer_perf_summary")
     _register_guards(config, session)
+    if session.active:  # backends import quietly; -v shows once what they said (noise.py)
+        manager.register(QuietBackends(), "infer_quiet_backends")
     if not manager.hasplugin("benchmark"):
         manager.register(NoBenchmark(), "infer_no_benchmark")  # the perf tests' `benchmark` is then None
     elif "perf" in session.config.suites or session.config.compare_fail:
@@ -99,7 +105,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         return  # a worker already is one; without xdist, the session explains what to install
     try:
         ini = str(early_config.getini("infer_isolate") or "")
-    except ValueError:  # not registered (cannot happen once this module is a plugin; kept defensive)
+    except (ValueError, pytest.UsageError):  # not registered (defensive), or a bad value the session will name
         ini = ""
     if wants_isolation(args, ini):
         args.extend(isolate_args(args))
@@ -116,7 +122,11 @@ def _register_guards(config: pytest.Config, session: InferSession) -> None:
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    if config.getoption("infer_list", None) or str(config.getini("infer_list")).lower() in ("1", "true", "yes"):
+    try:
+        listed = config.getoption("infer_list", None) or config.getini("infer_list") is True
+    except pytest.UsageError:  # a bad infer_list value: the session's configure names the option
+        return None
+    if listed:
         return int(wrap_session(config, _show_catalogue))
     return None
 
@@ -128,6 +138,10 @@ def _show_catalogue(config: pytest.Config, session: pytest.Session) -> int:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    quiet = config.pluginmanager.get_plugin("infer_quiet_backends")
+    if quiet is not None:
+        quiet.close()
+        config.pluginmanager.unregister(quiet)
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         session.close()

@@ -37,7 +37,7 @@ from pytest_infer.progress import Progress
 from pytest_infer.reports.document import report_document, write_atomically
 from pytest_infer.reports.markdown import markdown_table
 from pytest_infer.reports.plot import missing_dependency, session_plot
-from pytest_infer.reports.terminal import catalogue_lines, terminal_summary
+from pytest_infer.reports.terminal import catalogue_lines, golden_summary_lines, terminal_summary
 from pytest_infer.runtime.capabilities import read_facts
 from pytest_infer.runtime.loading import ModelSource, resolve_device
 from pytest_infer.runtime.model_cache import ModelCache
@@ -75,7 +75,7 @@ class InferSession:
         ini_file = str(config.inipath) if config.inipath else ""
         try:
             values, sources = options.resolve_raw(
-                lambda name: config.getoption("infer_" + name, None), config.getini, ini_file
+                lambda name: config.getoption("infer_" + name, None), ini_reader(config), ini_file
             )
             cfg = validation.build(values, sources, Path(str(config.rootpath)), ini_file)
             registry = _registry(config)
@@ -236,6 +236,11 @@ class InferSession:
         terminalreporter.section(title)
         for line in lines:
             terminalreporter.write_line(line)
+        written = golden_summary_lines(self.results)  # goldens are never written without saying so
+        if written:
+            terminalreporter.section(f"pytest-infer: goldens ({self.config.golden})")
+            for line in written:
+                terminalreporter.write_line(line)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
@@ -306,6 +311,22 @@ class InferSession:
         self.progress.close()
         if self._cache is not None:
             self._cache.clear()
+
+
+def ini_reader(config: pytest.Config) -> Callable[[str], Any]:
+    """``config.getini`` whose refusals (pytest's type check of a typed ini key) are :class:`ConfigError`, in pytest's
+    words less the file name it starts with (the caller adds the option and the file)."""
+
+    def read(name: str) -> Any:
+        try:
+            return config.getini(name)
+        except pytest.UsageError as exc:
+            text = str(exc)
+            if config.inipath is not None:
+                text = text.removeprefix(f"{config.inipath}: ")
+            raise ConfigError(text) from None
+
+    return read
 
 
 def explicitly_loaded(config: pytest.Config) -> bool:

@@ -116,6 +116,35 @@ def validate_compare_fail(spec: str) -> str:
     return spec
 
 
+def validate_golden_dir(path: str, writing: bool, base: Path) -> str:
+    """The goldens folder as an absolute path. Compared against only, it must exist (a typo would otherwise skip
+    every golden as missing); to record or regenerate, it is created when missing, under a writable folder."""
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else base / p
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--infer-golden {path}: is a file; give the folder that holds (or will hold) the goldens")
+    if not p.exists():
+        if not writing:
+            raise ConfigError(
+                f"--infer-golden {path}: no such folder ({p}); record goldens into it first with "
+                "--infer-golden-record (which creates it), or fix the path"
+            )
+        existing = next(parent for parent in p.parents if parent.exists())
+        if not existing.is_dir() or not _writable(existing):
+            raise ConfigError(f"--infer-golden {path}: cannot create it: {existing} is not a writable folder")
+    elif writing and not _writable(p):
+        raise ConfigError(f"--infer-golden {path}: folder {p} is not writable; goldens cannot be written there")
+    return str(p)
+
+
+def validate_golden_mode(golden: str, record: bool, regen: bool) -> None:
+    if (record or regen) and not golden:
+        flag = "--infer-golden-regen" if regen else "--infer-golden-record"
+        raise ConfigError(f"{flag} writes goldens into the folder --infer-golden DIR names: give --infer-golden too")
+
+
 def validate_cache_dir(path: str) -> str:
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
@@ -135,6 +164,17 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
     if values["model"]:
         check("model", validate_model_dir, model, values["trust_remote_code"])
     cache_dir = values["cache_dir"] or str(default_cache_dir())
+    writing = bool(values["golden_record"] or values["golden_regen"])
+    check(
+        "golden_regen" if values["golden_regen"] else "golden_record",
+        validate_golden_mode,
+        values["golden"],
+        values["golden_record"],
+        values["golden_regen"],
+    )
+    # a folder set in the ini file is relative to the rootdir (where the ini is), one on the command line to the cwd
+    base = rootdir if sources.get("golden") == "ini" else Path.cwd()
+    golden = check("golden", validate_golden_dir, values["golden"], writing, base)
     return InferConfig(
         model=model,
         devices=tuple(dict.fromkeys(d.lower() for d in values["device"])) or ("auto",),
@@ -171,5 +211,9 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         timeout=values["timeout"],
         progress=values["progress"],
         tolerance=tuple(values["tolerance"]),
+        golden=golden,
+        golden_record=values["golden_record"],
+        golden_regen=values["golden_regen"],
+        golden_top_k=values["golden_top_k"],
         sources=dict(sources),
     )

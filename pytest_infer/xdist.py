@@ -30,9 +30,10 @@ from typing import Any
 import pytest
 
 from pytest_infer import options
+from pytest_infer.core import nvml
 from pytest_infer.core.case import Case
 from pytest_infer.core.errors import ConfigError
-from pytest_infer.session import explicitly_loaded
+from pytest_infer.session import explicitly_loaded, ini_reader
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 PINNED = "PYTEST_INFER_PINNED"  # "gw1=2,3": what we set, so a second call (or a nested session) knows
@@ -88,10 +89,14 @@ def _devices(index: int, k: int) -> str:
 
 
 def count_gpus() -> int:
-    """NVIDIA GPUs on this machine, without initializing CUDA (and without importing torch)."""
+    """NVIDIA GPUs on this machine, without initializing CUDA (and without importing torch): ``/proc``, else NVML
+    (nvidia-ml-py, when installed), else ``nvidia-smi -L``."""
     nvidia = Path("/proc/driver/nvidia/gpus")
     if nvidia.is_dir():
         return sum(1 for _ in nvidia.iterdir())
+    counted = nvml.gpu_count()
+    if counted is not None:
+        return counted
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
@@ -106,11 +111,11 @@ def _gpus_per_worker(config: pytest.Config) -> int:
     opt = options.OPTION_BY_NAME["gpus_per_worker"]
     raw = config.getoption("infer_gpus_per_worker", None)
     source = "cli"
-    if raw is None or raw == "":
-        raw, source = config.getini(opt.ini), "ini"
-    if raw is None or raw == "":
-        return int(opt.default)
     try:
+        if raw is None or raw == "":
+            raw, source = ini_reader(config)(opt.ini), "ini"
+        if raw is None or raw == "" or raw == []:
+            return int(opt.default)
         return int(options.coerce(opt, raw, source))
     except ConfigError as exc:
         raise pytest.UsageError(f"pytest-infer: {exc}") from None
@@ -140,7 +145,10 @@ def _active(config: pytest.Config) -> bool:
     for opt in options.OPTIONS:
         if config.getoption("infer_" + opt.name, None) not in (None, "", []):
             return True
-        if config.getini(opt.ini) not in (None, "", []):
+        try:
+            if config.getini(opt.ini) not in (None, "", []):
+                return True
+        except pytest.UsageError:  # set, to a value pytest refuses: the session names it
             return True
     return False
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _pytest import pytester as _pytester
+from _schema import validate_report
 
 # The pytester fixture restores sys.modules when a test ends, dropping whatever the test imported.
 # torch's native extensions (and the operator libraries of torch._inductor, torch.distributed) cannot
@@ -83,6 +84,16 @@ def run_infer(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(name, raising=False)
 
     def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess(*BASE_ARGS, *args)
+        result = pytester.runpytest_subprocess(*BASE_ARGS, *args)
+        for report in _reports_asked_for(args, pytester.path):
+            if report.is_file():  # every real report follows the shipped JSON Schema
+                validate_report(report)
+        return result
 
     return run
+
+
+def _reports_asked_for(args: tuple[str, ...], cwd: Path) -> list[Path]:
+    named = [a.split("=", 1)[1] for a in args if a.startswith("--infer-report=")]
+    named += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--infer-report"]
+    return [cwd / p for p in named]

@@ -269,9 +269,9 @@ STARTUP = [
     ),
     Bad("perf-rounds-zero", ("--infer-perf-rounds", "0"), ("--infer-perf-rounds: must be at least 1, got 0",)),
     Bad(
-        "compare-fail-without-percent",
-        ("--infer-compare-fail", "peak_memory:5"),
-        ("--infer-compare-fail: 'peak_memory:5': expected METRIC:PCT% with METRIC one of",),
+        "compare-fail-with-a-unit",
+        ("--infer-compare-fail", "peak_memory:5MB"),
+        ("--infer-compare-fail: 'peak_memory:5MB': '5MB' is not a number (an absolute change) or a percentage",),
     ),
     Bad(
         "tolerance-mode-unknown",

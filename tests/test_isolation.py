@@ -98,6 +98,42 @@ def test_a_hanging_technique_times_out_with_where_it_was(planted: pytest.Pyteste
     assert any(r["technique"] == "sdpa" for r in _report(planted)["results"])
 
 
+def test_with_pytest_timeout_timing_a_test_infer_timeout_defers_to_it(pytester: pytest.Pytester, run_infer) -> None:
+    """One SIGALRM timer per process: pytest-timeout's (--timeout) times the tests it times; --infer-timeout the
+    rest (a timeout(0) marker), and the header says which."""
+    pytest.importorskip("pytest_timeout")  # the dev extra has it
+    pytester.makepyfile(
+        """
+        import time
+
+        import pytest
+
+
+        def test_timed_by_pytest_timeout(infer_config):
+            time.sleep(30)
+
+
+        @pytest.mark.timeout(0)
+        def test_left_to_infer_timeout(infer_config):
+            time.sleep(30)
+        """
+    )
+    result = run_infer("-p", "timeout", "--timeout=4", "--timeout-method=signal", "--infer-timeout=1")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "infer timeout: pytest-timeout times the tests (4 s, method signal); --infer-timeout 1 s only those it "
+            "does not time (@pytest.mark.timeout(0))",
+            "*_ test_timed_by_pytest_timeout _*",
+            "*Failed: Timeout (>4.0s) from pytest-timeout*",
+            "*_ test_left_to_infer_timeout _*",
+            "*test_left_to_infer_timeout* timed out after 1 s (--infer-timeout)*",
+        ]
+    )
+    assert out.count("(--infer-timeout); it was at:") == 1, out
+
+
 def test_out_of_memory_says_requested_and_available(planted: pytest.Pytester, run_infer) -> None:
     result = run_infer("--infer-suite", "parity", "--infer-technique", "planted_oom,sdpa", "-k", "logit_parity")
     result.assert_outcomes(passed=1, failed=1)

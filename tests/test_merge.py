@@ -131,7 +131,7 @@ def test_merge_a_real_cpu_report_with_a_gpu_one(
     assert capsys.readouterr().out == ""  # files asked for: nothing on stdout
 
     h100_key = H100.key()
-    assert h100_key == "cuda-nvidia_h100_80gb_hbm3-cu12.8-torch2.9.0"
+    assert h100_key == "cuda-nvidia_h100_80gb_hbm3-cu12.8-torch2.9.0-tf5.24.0"
     text = md.read_text()
     lines = text.splitlines()
     assert lines[0] == "## pytest-infer: stack x technique"

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from pytest_infer.core.detect import detect_stack
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "model_repo"
 KERNEL = "chunked_attention"
 CASE = f"[cpu-float32-{KERNEL}]"
+# the example commits goldens of one stack class: on another, its golden tests skip with the record command
+HAS_GOLDENS = (EXAMPLE / "goldens" / "tiny-llama" / detect_stack("cpu").stack_class()).is_dir()
 
 
 def copy_example(pytester: pytest.Pytester) -> None:
@@ -42,6 +46,17 @@ def test_model_repo_passes_with_its_configuration(pytester: pytest.Pytester, run
         "test_parity.py::test_logit_parity[cpu-float32-sdpa]",
     ):
         assert ran.get(nodeid) == "passed", f"{nodeid}: {ran.get(nodeid)}"
+
+    # the committed goldens (infer_golden in pyproject.toml): compared here, skipped with the command elsewhere
+    for nodeid in (
+        f"test_parity_golden.py::test_logits_golden{CASE}",
+        f"test_generation_golden.py::test_generation_golden{CASE}",
+    ):
+        test = next(t for t in doc["tests"] if t["nodeid"] == nodeid)
+        if HAS_GOLDENS:
+            assert test["outcome"] == "passed", test
+        else:
+            assert test["outcome"] == "skipped" and "--infer-golden-record" in test["reason"], test
 
     # pyproject.toml's infer_* options were read from the ini file
     config = doc["config"]
@@ -86,3 +101,12 @@ def test_a_broken_kernel_fails_the_repository_checks(pytester: pytest.Pytester, 
             "  max_abs * <= 5e-05  FAIL",
         ]
     )
+    if HAS_GOLDENS:  # the committed golden names the kernel as what moved, and the reference as unchanged
+        assert ran[f"test_parity_golden.py::test_logits_golden{CASE}"] == "failed"
+        assert ran["test_parity_golden.py::test_logits_golden[cpu-float32-sdpa]"] == "passed"
+        result.stdout.fnmatch_lines(
+            [
+                f"golden logits FAILED: {KERNEL} (float32, cpu) moved: max_abs * at row *, position *",
+                f"  the reference eager (float32) matches its golden (*): only {KERNEL} moved",
+            ]
+        )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pytest_infer.options import OPTIONS
+from pytest_infer.options import OPTIONS, ini_type
 
 SHOW_CONFIG = """
 import json
@@ -124,7 +124,66 @@ def test_bad_ini_value_names_the_ini_option(pytester: pytest.Pytester, run_infer
     pytester.makeini("[pytest]\ninfer_strict = maybe\n")
     result = run_infer()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "ini option infer_strict: expected true or false, got 'maybe'" in result.stderr.str()
+    err = result.stderr.str()
+    assert "ini option infer_strict: invalid truth value 'maybe'; expected true or false (set in " in err, err
+    assert "Traceback" not in err
+
+
+TYPED_SHOW_CONFIG = (
+    SHOW_CONFIG.replace("(infer_config):", "(infer_config, pytestconfig):")
+    + """
+    print("INI=" + json.dumps({k: pytestconfig.getini(k) for k in ("infer_strict", "infer_dtype", "infer_timeout")}))
+"""
+)
+
+
+def test_ini_keys_are_typed_and_take_toml_values_as_they_are(pytester: pytest.Pytester, run_infer) -> None:
+    """Booleans, arrays (of numbers too) and numbers in [tool.pytest.ini_options], with no deprecation warning for a
+    non-string value; pytest 9's native [tool.pytest] table with its strict types."""
+    pytester.makepyfile(TYPED_SHOW_CONFIG)
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest.ini_options]
+        infer_strict = true
+        infer_dtype = ["bf16", "float16"]
+        infer_new_tokens = [8, 4]
+        infer_timeout = 30
+        infer_progress = 0.5
+        """
+    )
+    result = run_infer("-s", "-W", "error::pytest.PytestRemovedIn10Warning")
+    result.assert_outcomes(passed=1)
+    cfg = _config(result)
+    assert cfg["strict"] is True and cfg["dtypes"] == ["bfloat16", "float16"] and cfg["new_tokens"] == [4, 8]
+    assert cfg["timeout"] == 30 and cfg["progress"] == 0.5
+    ini = json.loads(next(line for line in result.outlines if "INI=" in line).split("INI=", 1)[1].rstrip("."))
+    assert ini["infer_strict"] is True and ini["infer_dtype"] == ["bf16", "float16"]  # pytest's types, not text
+
+    if tuple(int(p) for p in pytest.__version__.split(".")[:2]) < (9, 2):
+        return  # [tool.pytest] and typed numbers: pytest 9.2
+    assert ini["infer_timeout"] == 30
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest]
+        infer_strict = true
+        infer_isolate = false
+        infer_dtype = ["bf16"]
+        infer_max_models = "auto"
+        infer_perf_rounds = 7
+        infer_progress = 0
+        """
+    )
+    cfg = _config(run_infer("-s"))
+    assert cfg["strict"] is True and cfg["isolate"] is False and cfg["dtypes"] == ["bfloat16"]
+    assert cfg["max_models"] == 0 and cfg["perf_rounds"] == 7 and cfg["progress"] == 0
+    assert cfg["sources"]["isolate"] == "ini"
+
+
+def test_ini_type_follows_the_option_table() -> None:
+    kinds = {o.kind: ini_type(o, (9, 2)) for o in OPTIONS}
+    assert kinds["bool"] == "bool" and kinds["list"] == "linelist" and kinds["str"] == "string"
+    assert kinds["int"] == int | str and kinds["float"] == float | str
+    assert {ini_type(o, (8, 4)) for o in OPTIONS if o.kind in ("int", "float")} == {"string"}
 
 
 def test_prompt_file_not_utf8(pytester: pytest.Pytester, run_infer) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from _scripts import load_script
 
-from pytest_infer.perf.gate import parse_compare_fail, regressions
+from pytest_infer.__main__ import main
+from pytest_infer.perf.gate import Threshold, parse_compare_fail, regressions
 from pytest_infer.perf.stats import Paired
 from pytest_infer.perf.timing import Timer, calls_per_sample
 from pytest_infer.runtime.memory import host_peak_rss
@@ -225,7 +226,7 @@ def test_without_pytest_benchmark_the_suite_measures_decides_and_says_so(
 
 
 def test_stored_baselines_are_kept_per_stack_and_a_slower_technique_fails_its_test(
-    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, run_infer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytester.makeconftest(PLANTED_CONFTEST)
     decode = ("-k", "test_decode_speed")
@@ -233,18 +234,25 @@ def test_stored_baselines_are_kept_per_stack_and_a_slower_technique_fails_its_te
     first.assert_outcomes(passed=1, deselected=6)
     stored = list((pytester.path / ".benchmarks").glob("cpu-*/*/*.json"))
     assert len(stored) == 1, "the baseline is stored under .benchmarks/<stack key>/"
+    # `pytest-infer list` reads pytest-benchmark's real file: the run, under its stack
+    assert main(["list", "-s", str(pytester.path / ".benchmarks"), "--newest"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(stored[0])]
 
-    # wide margins: this test runs beside others on a shared machine; the planted slowdown is 21x the CPU time
-    gate = ("--benchmark-compare", "--infer-compare-fail=cpu_speedup:50%,decode.tokens_per_s:60%,weight_bytes:5%")
-    same = run_infer(*ARGS, *decode, *gate)
+    # wide margins: this test runs beside others on a shared machine; the planted slowdown is 21x the CPU time.
+    # cpu_speedup (~1 when unchanged) may drop by 0.5 in absolute terms, tokens/s by 60 %
+    rules = "--infer-compare-fail=cpu_speedup:0.5,decode.tokens_per_s:60%,weight_bytes:5%"
+    same = run_infer(*ARGS, *decode, "--benchmark-compare", rules)
     same.assert_outcomes(passed=1, deselected=6)
+    same.stdout.fnmatch_lines([f"regression gate {rules}: vs *0001_*.json"])
 
+    # without --benchmark-compare, the gate compares with the newest stored run of this stack by itself
     monkeypatch.setenv("PLANTED_SLOWDOWN", "20")
-    slower = run_infer(*ARGS, *decode, *gate)
+    slower = run_infer(*ARGS, *decode, rules)
     slower.assert_outcomes(failed=1, deselected=6)
     slower.stdout.fnmatch_lines(
         [
-            "*FAIL: cpu_speedup regressed * % (stored *, now *; allowed 50 %) vs *0001_*.json*",
+            "*FAIL: cpu_speedup regressed by * (stored *, now *; allowed 0.5) vs *0001_*.json (the newest stored run "
+            "of this stack)*",
             "*FAIL: tokens_per_s regressed * % (stored *, now *; allowed 60 %) vs *0001_*.json*",
             "FAILED *test_decode_speed[[]cpu-float32-planted[]]*",
         ]
@@ -254,14 +262,18 @@ def test_stored_baselines_are_kept_per_stack_and_a_slower_technique_fails_its_te
 def test_bad_compare_fail_spec_is_a_usage_error(run_infer) -> None:
     result = run_infer("--infer-compare-fail=prefil.speedup:10%")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "'prefil.speedup:10%': expected METRIC:PCT% with METRIC one of" in result.stderr.str()
+    assert "'prefil.speedup:10%': expected METRIC:PCT% (relative) or METRIC:VALUE (absolute" in result.stderr.str()
     assert "SCENARIO one of load, decode, prefill, ttft, memory, batching" in result.stderr.str()
 
 
 # --- the pieces, in this process ---------------------------------------------------------------------------------
 def test_a_scenario_rule_wins_over_the_plain_rule_for_its_tests_only() -> None:
     rules = parse_compare_fail("cpu_speedup:8%,load.cpu_speedup:30%,weight_bytes:5%")
-    assert rules == {"cpu_speedup": 0.08, "load.cpu_speedup": 0.30, "weight_bytes": 0.05}
+    assert rules == {
+        "cpu_speedup": Threshold(0.08),
+        "load.cpu_speedup": Threshold(0.30),
+        "weight_bytes": Threshold(0.05),
+    }
     stored, now = {"cpu_speedup": 1.0, "weight_bytes": 100.0}, {"cpu_speedup": 0.8, "weight_bytes": 104.0}
     assert regressions(now, stored, rules, "load") == []  # 20 % < 30 %; 4 % < 5 %
     assert regressions(now, stored, rules, "decode") == [
@@ -270,6 +282,25 @@ def test_a_scenario_rule_wins_over_the_plain_rule_for_its_tests_only() -> None:
     assert regressions({"weight_bytes": 120.0}, stored, rules, "memory") == [
         "weight_bytes regressed 20.0 % (stored 100, now 120; allowed 5 %)"
     ]
+
+
+def test_absolute_rules_allow_a_change_in_the_metric_s_unit() -> None:
+    """As pytest-benchmark's min:0.5: a number without % is how much worse the metric may get, in its own unit."""
+    rules = parse_compare_fail("peak_memory:1e6,ttft_s:0.02,cpu_speedup:0.5,decode.cpu_speedup:0")
+    assert rules["peak_memory"] == Threshold(1e6, relative=False) and rules["decode.cpu_speedup"].limit == 0
+    stored = {"peak_memory": 0.0, "ttft_s": 0.10, "cpu_speedup": 1.0}
+    assert regressions({"peak_memory": 5e5, "ttft_s": 0.11, "cpu_speedup": 0.6}, stored, rules, "ttft") == []
+    assert regressions({"peak_memory": 2e6, "ttft_s": 0.13, "cpu_speedup": 0.4}, stored, rules, "ttft") == [
+        "peak_memory regressed by 2e+06 (stored 0, now 2e+06; allowed 1e+06)",  # absolute: a stored 0 is compared
+        "ttft_s regressed by 0.03 (stored 0.1, now 0.13; allowed 0.02)",
+        "cpu_speedup regressed by 0.6 (stored 1, now 0.4; allowed 0.5)",
+    ]
+    assert regressions({"cpu_speedup": 0.99}, stored, rules, "decode") == [
+        "cpu_speedup regressed by 0.01 (stored 1, now 0.99; allowed 0)"
+    ]
+    for bad, says in (("peak_memory:lots", "is not a number"), ("ttft_s:-1", ">= 0"), ("ttft_s:nan", "finite")):
+        with pytest.raises(ValueError, match=says):
+            parse_compare_fail(bad)
 
 
 def test_the_speedup_is_the_median_of_the_paired_ratios() -> None:

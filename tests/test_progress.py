@@ -98,9 +98,9 @@ def test_the_session_names_the_slow_steps_between_its_results(run_infer: Any) ->
     result.stdout.fnmatch_lines(
         [
             "  infer: loading tiny-llama with eager (float32, cpu) ... done in * s",
-            "  infer: running eager (float32, cpu): the reference logits ... done in * s",
+            "  infer: running eager (float32, cpu): forward of [[]*x*[]] tokens ... done in * s",
             "  infer: loading tiny-llama with sdpa (float32, cpu) ... done in * s",
-            "  infer: running sdpa (float32, cpu): logits of * prompts ... done in * s",
+            "  infer: running sdpa (float32, cpu): forward of [[]*x*[]] tokens ... done in * s",
             # the reporter writes the file name again before the result letter
             "*test_parity.py .*[[]100%[]]",
         ]

@@ -137,9 +137,13 @@ def test_key_is_filesystem_safe_and_distinguishes_stacks() -> None:
     for k in keys:
         assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", k), k
         assert len(k) <= 80
-    assert keys[1] == "cuda-nvidia_h100_80gb_hbm3-cu13.0-torch2.11.0"
+    assert keys[1] == "cuda-nvidia_h100_80gb_hbm3-cu13.0-torch2.11.0-tf5.24.0"
     assert len(set(keys)) == len(keys)
-    assert keys[0].startswith("cpu-") and keys[0].endswith("-torch" + str(st.package_version("torch")).split("+")[0])
+    here = f"-torch{str(st.package_version('torch')).split('+')[0]}-tf{st.package_version('transformers')}"
+    assert keys[0].startswith("cpu-") and keys[0].endswith(here)
+    # two transformers (or torch) versions never share a key: merge and compare keep them apart
+    assert cuda_stack(extra={"transformers": "5.17.0"}).key() != keys[1]
+    assert cuda_stack(extra={"torch": "2.10.0+cu130"}).key() != keys[1]
 
 
 def test_key_cpu_and_rocm() -> None:
@@ -147,16 +151,16 @@ def test_key_cpu_and_rocm() -> None:
         device_kind="cpu",
         device_name="Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz",
         machine="x86_64",
-        packages={"torch": "2.13.0+cpu"},
+        packages={"torch": "2.13.0+cpu", "transformers": "5.24.0"},
     )
-    assert cpu.key() == "cpu-x86_64-intel_xeon_platinum_8480-torch2.13.0"
+    assert cpu.key() == "cpu-x86_64-intel_xeon_platinum_8480-torch2.13.0-tf5.24.0"
     rocm = Stack(
         device_kind="rocm",
         device_name="AMD Instinct MI300X",
         rocm_version="6.4.43482-0f2d60242",
-        packages={"torch": "2.13.0+rocm6.4"},
+        packages={"torch": "2.13.0+rocm6.4", "transformers": "5.17.0"},
     )
-    assert rocm.key() == "rocm-amd_instinct_mi300x-rocm6.4-torch2.13.0"
+    assert rocm.key() == "rocm-amd_instinct_mi300x-rocm6.4-torch2.13.0-tf5.17.0"
 
 
 def test_for_device_cpu_view_of_cuda_stack() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,8 @@ def test_wheel_without_extras_runs_the_parity_suite_under_a_strict_ini(tmp_path:
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)], tmp_path, env, 600)
     wheel = next(dist.glob("pytest_infer-*.whl"))
+    with zipfile.ZipFile(wheel) as zipped:  # the report's JSON Schema ships in the package (docs/report-schema.md)
+        assert "pytest_infer/schema/report-v1.json" in zipped.namelist()
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env, 120)
@@ -83,5 +86,5 @@ def test_wheel_without_extras_runs_the_parity_suite_under_a_strict_ini(tmp_path:
             300,
         ).stdout
     )
-    summary = out.strip().splitlines()[-1]
+    summary = done.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary

@@ -26,7 +26,8 @@ from pytest_infer.runtime.model_cache import ModelCache
 
 
 class StoredRuns(Protocol):
-    """pytest-benchmark's stored run this session compares with (``--benchmark-compare``)."""
+    """pytest-benchmark's stored run this session compares with (``--benchmark-compare``'s, else the newest of the
+    stack)."""
 
     stored_source: str
 

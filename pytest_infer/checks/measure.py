@@ -219,7 +219,7 @@ class Measurement:
         if stored is None:
             result.notes.append(
                 f"--infer-compare-fail: no stored run of {benchmark.fullname} to compare with "
-                f"{hooks.stored_source or '(run with --benchmark-compare and a stored run)'}"
+                f"{hooks.stored_source or '(store one with --benchmark-autosave)'}"
             )
             return
         for failure in regressions(result.metrics, stored, parse_compare_fail(cfg.compare_fail), result.scenario_key):

@@ -17,6 +17,8 @@ from pytest_infer.parity.floor import NoiseFloor, measure_floor
 from pytest_infer.parity.logits import compare_logits
 from pytest_infer.parity.padding import solo_logits
 from pytest_infer.runtime.batch import Batch, encode, forward_logits
+from pytest_infer.runtime.generated import Generated
+from pytest_infer.runtime.generation import greedy_generate
 from pytest_infer.runtime.loading import load_model
 
 R = TypeVar("R")
@@ -84,6 +86,16 @@ class CaseModels:
         return ctx.cache.tensor(
             key,
             lambda: solo_logits(lambda batch: self.forward(case, batch, keep=True), ctx.tokenizer, ctx.prompts, device),
+        )
+
+    def reference_generation(self, device: str, new_tokens: int) -> Generated:
+        """The reference's greedy generation of ``new_tokens`` tokens on the prompt batch, computed once."""
+        ctx = self.ctx
+        case = ctx.ref_case(device)
+        key = ("generate", ctx.source, case.technique.name, case.dtype, device, ctx.prompts, new_tokens)
+        batch = self.batch(device)
+        return ctx.cache.tensor(
+            key, lambda: greedy_generate(self.model(case), ctx.tokenizer, batch, case.technique, new_tokens)
         )
 
     def noise_floor(self, device: str, dtype: str) -> NoiseFloor:

@@ -10,12 +10,14 @@ from typing import Any
 from pytest_infer.checks.caching import CacheChecks
 from pytest_infer.checks.compilation import RecompileResult, recompile_guard
 from pytest_infer.checks.context import CheckContext
+from pytest_infer.checks.golden import GoldenChecks
 from pytest_infer.checks.models import CaseModels
 from pytest_infer.checks.quantization import weight_storage
 from pytest_infer.checks.ranks import RankChecks
 from pytest_infer.core.case import Case
 from pytest_infer.parity.bounds import default_tolerance
 from pytest_infer.parity.generation import GenerationParityResult, compare_generations
+from pytest_infer.parity.golden_compare import GoldenResult
 from pytest_infer.parity.localize import first_divergence
 from pytest_infer.parity.logits import LogitParityResult, compare_logits
 from pytest_infer.parity.padding import padding_parity, parse_sweep
@@ -33,6 +35,7 @@ class ParityChecks:
         self.models = CaseModels(ctx)
         self.caches = CacheChecks(self.models)
         self.ranks = RankChecks(self.models)
+        self.golden = GoldenChecks(self.models)
 
     @property
     def tokenizer(self) -> Any:
@@ -53,6 +56,8 @@ class ParityChecks:
         tolerance, floor = models.tolerance(case)
         ref, mask = models.reference_logits(case.device)
         logits = self._candidate_logits(case, models.batch(case.device), model)
+        if model is None:
+            self.golden.observe_logits(case, logits, mask)  # the golden test compares these, no second forward
         result = compare_logits(
             ref,
             logits,
@@ -97,13 +102,8 @@ class ParityChecks:
         """Greedy generation at each configured length vs. the reference's, token by token."""
         ctx, models = self.ctx, self.models
         lengths = ctx.config.new_tokens
-        longest = max(lengths)
-        ref_case = ctx.ref_case(case.device)
-        key = ("generate", ctx.source, ref_case.technique.name, ref_case.dtype, case.device, ctx.prompts, longest)
+        reference = models.reference_generation(case.device, max(lengths))
         batch = models.batch(case.device)
-        reference = ctx.cache.tensor(
-            key, lambda: greedy_generate(models.model(ref_case), ctx.tokenizer, batch, ref_case.technique, longest)
-        )
         tolerance, _ = models.tolerance(case)
         results = []
         for n in lengths:
@@ -123,7 +123,21 @@ class ParityChecks:
                 min_greedy=tolerance.min_greedy,
             )
             results.append(models.record(result, case))
+            if n == max(lengths):
+                self.golden.observe_generation(case, candidate)
         return results
+
+    def golden_logits(self, case: Case) -> GoldenResult:
+        """The case's logits against its stored golden (``--infer-golden``: see :mod:`pytest_infer.checks.golden`)."""
+        models = self.models
+        batch = models.batch(case.device)
+        return self.golden.logits(case, lambda: (self._candidate_logits(case, batch), batch.attention_mask))
+
+    def golden_generation(self, case: Case) -> GoldenResult:
+        """The case's greedy tokens (the longest ``--infer-new-tokens``) against its stored golden."""
+        batch = self.models.batch(case.device)
+        longest = max(self.ctx.config.new_tokens)
+        return self.golden.generation(case, lambda: self._candidate_generate(case, batch, longest))
 
     def inference_mode(self, case: Case) -> LogitParityResult:
         """The case's logits under ``torch.inference_mode()`` against its own logits under ``no_grad``: a
@@ -200,6 +214,12 @@ class ParityChecks:
 
     def assert_kv_memory(self, case: Case) -> Any:
         return self.models.decided(case, lambda: [self.kv_memory(case)])[0]
+
+    def assert_golden_logits(self, case: Case) -> GoldenResult:
+        return self.models.decided(case, lambda: [self.golden_logits(case)])[0]
+
+    def assert_golden_generation(self, case: Case) -> GoldenResult:
+        return self.models.decided(case, lambda: [self.golden_generation(case)])[0]
 
     def assert_rank_agreement(self, case: Case) -> Any:
         return self.ranks.assert_agreement(case)

@@ -49,6 +49,10 @@ class InferConfig:
     timeout: int = 0
     progress: float = 3.0
     tolerance: tuple[str, ...] = ()
+    golden: str = ""  # the goldens folder (absolute), "" when off
+    golden_record: bool = False
+    golden_regen: bool = False
+    golden_top_k: int = 20
     sources: Mapping[str, str] = field(default_factory=dict)  # option name -> "cli" | "ini" | "default"
 
     @property

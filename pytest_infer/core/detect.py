@@ -15,6 +15,7 @@ from dataclasses import replace
 from functools import cache, partial
 from typing import Any
 
+from pytest_infer.core import nvml
 from pytest_infer.core.stack import _SPEC_RE, ACCEPTED_DEVICE_SPECS, TRACKED_PACKAGES, Stack, _probe, package_version
 
 
@@ -85,20 +86,9 @@ def _cudnn_version(torch: Any) -> str | None:
     return _format_cudnn(torch.backends.cudnn.version())
 
 
-def _nvml_driver() -> str:
-    import pynvml  # type: ignore[import-not-found]
-
-    pynvml.nvmlInit()
-    try:
-        v = pynvml.nvmlSystemGetDriverVersion()
-    finally:
-        pynvml.nvmlShutdown()
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _nvidia_driver() -> str | None:
     smi = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
-    return _probe(_nvml_driver) or _run(smi)
+    return nvml.driver_version() or _run(smi)
 
 
 def _torch() -> Any:
@@ -187,6 +177,7 @@ def detect_stack(device: str = "auto") -> Stack:
         cpu_name=cpu_name,
         cpu_count=_cpu_count(),
         host_memory_bytes=host_mem,
+        cpu_capability=_probe(lambda: str(torch.backends.cpu.get_cpu_capability()).lower()),
     )
     if kind == "cpu":
         return base

@@ -18,6 +18,11 @@ SUITE_FILES: dict[str, tuple[str, ...]] = {
     "perf": ("test_performance.py",),
 }
 SUITES = tuple(SUITE_FILES)
+# with --infer-golden: the golden tests of a suite, and the file whose tests each one follows case by case
+GOLDEN_FILES: dict[str, tuple[str, str]] = {
+    "parity": ("test_parity_golden.py", "test_parity.py"),
+    "generation": ("test_generation_golden.py", "test_generation.py"),
+}
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # pytest_infer/
 

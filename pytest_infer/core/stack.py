@@ -95,6 +95,7 @@ class Stack:
     cpu_name: str = ""
     cpu_count: int | None = None
     host_memory_bytes: int | None = None
+    cpu_capability: str | None = None  # the vector ISA torch dispatches CPU kernels to (avx2, avx512, ...)
 
     def __post_init__(self) -> None:
         if self.device_kind not in DEVICE_KINDS:
@@ -131,6 +132,7 @@ class Stack:
             "cpu_name": self.cpu_name,
             "cpu_count": self.cpu_count,
             "host_memory_bytes": self.host_memory_bytes,
+            "cpu_capability": self.cpu_capability,
         }
 
     @classmethod
@@ -169,9 +171,12 @@ class Stack:
         return _one_line(" | ".join(parts))
 
     def key(self) -> str:
-        """Short filesystem-safe key separating benchmark baselines per stack (<= 80 chars)."""
-        torch_v = self.version("torch")
+        """Short filesystem-safe key of this stack, software included (<= 80 chars): the hardware (see
+        :meth:`stack_class`), CUDA/ROCm, torch and transformers. It separates benchmark baselines and names the
+        columns of ``pytest-infer merge`` and ``compare``: two torch or transformers versions never share one."""
+        torch_v, tf_v = self.version("torch"), self.version("transformers")
         tail = "-torch" + (_slug(torch_v.split("+")[0], 20) if torch_v else "none")
+        tail += "-tf" + (_slug(tf_v, 20) if tf_v else "none")
         if self.device_kind == "cuda":
             tail = f"-cu{_short_version(self.cuda_version)}{tail}"
         elif self.device_kind == "rocm":
@@ -182,6 +187,19 @@ class Stack:
         else:
             head = f"{self.device_kind}-{_slug(self.device_name, 80)}"
         return head[: 80 - len(tail)].rstrip("_.-") + tail
+
+    def stack_class(self) -> str:
+        """The hardware this stack's numbers belong to, without software versions (goldens are keyed by it, and
+        ``pytest-infer compare`` pairs reports by it): a GPU by its name and compute capability (an H100 run
+        finds another H100's goldens, never an A10's); a CPU by its architecture and the vector ISA torch
+        dispatches its kernels to (``cpu-x86_64-avx2``), or its model name where that is unknown."""
+        if self.device_kind == "cpu":
+            isa = self.cpu_capability
+            tail = _slug(isa, 16) if isa else _slug(_CPU_NOISE.sub(" ", self.device_name), 24)
+            return f"cpu-{_slug(self.machine, 16)}-{tail}"
+        cc = self.compute_capability
+        cap = f"-sm{cc[0]}{cc[1]}" if cc is not None and self.device_kind == "cuda" else ""
+        return f"{self.device_kind}-{_slug(self.device_name, 60)}{cap}"
 
     def for_device(self, device: str) -> Stack:
         """This stack as seen by a test on ``device`` ("cpu" view of a GPU stack, etc.)."""

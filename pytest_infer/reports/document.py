@@ -1,4 +1,5 @@
-"""The versioned JSON report document (``--infer-report``) and writing it atomically."""
+"""The versioned JSON report document (``--infer-report``), the JSON Schema it follows (shipped in the package:
+:func:`schema_file`), and writing it atomically."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+# where the report's JSON Schema ships: this path inside the package (and the repository); the report names it
+SCHEMA_REF = f"pytest_infer/schema/report-v{SCHEMA_VERSION}.json"
+
+
+def schema_file() -> Path:
+    """The JSON Schema of the report (``pytest_infer/schema/report-v1.json``, installed with the package): the
+    contract for dashboards (docs/report-schema.md)."""
+    return Path(__file__).resolve().parents[1] / "schema" / f"report-v{SCHEMA_VERSION}.json"
 
 
 def report_document(
@@ -20,8 +29,10 @@ def report_document(
     duration_s: float,
     versions: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The JSON report (schema version :data:`SCHEMA_VERSION`, documented in docs/report-schema.md)."""
+    """The JSON report (schema version :data:`SCHEMA_VERSION`, documented in docs/report-schema.md and checked by
+    the JSON Schema :data:`SCHEMA_REF` names)."""
     return {
+        "$schema": SCHEMA_REF,
         "schema_version": SCHEMA_VERSION,
         "tool": dict(versions),
         "stack": dict(stack),

@@ -13,6 +13,7 @@ CHECK_COLUMNS = (
     "logits",
     "padding",
     "generation",
+    "golden",
     "ranks",
     "batching",
     "storage",
@@ -37,6 +38,8 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         return f"{verdict} {shown['metrics']['speedup']:.2f}x" if shown else verdict
     if results[0].get("check") == "recompile":
         return ""
+    if results[0].get("check") == "golden":
+        return _golden_cell(results, verdict)
     if results[0].get("check") == "ranks":
         return f"{verdict} {int(sum(r['metrics']['disagreements'] for r in results))} diff"
     if results[0].get("check") == "cache":
@@ -56,6 +59,43 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
     worst = max(r.get("metrics", {}).get("max_abs", float("nan")) for r in results)
     suffix = f" {passed}/{len(results)}" if len(results) > 1 else ""
     return f"{verdict} {worst:.2g}{suffix}"
+
+
+def _golden_cell(results: list[Mapping[str, Any]], verdict: str) -> str:
+    """fail/pass with the worst log-probability move, or what was written (rec, rewrote, kept)."""
+    statuses = [str(r.get("status")) for r in results]
+    moves = [r["metrics"]["max_abs"] for r in results if "max_abs" in r.get("metrics", {})]
+    worst = f" {max(moves):.2g}" if moves else ""
+    if verdict == "FAIL":
+        return f"FAIL{' stale' if 'stale' in statuses else worst}"
+    for status, word in (("rewritten", "rewrote"), ("recorded", "rec"), ("kept", "kept")):
+        if status in statuses:
+            return word
+    return f"pass{worst}"
+
+
+def golden_summary_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
+    """What regeneration or recording wrote: one line per golden written (with what changed), the count kept."""
+    golden = [r for r in results if r.get("kind") == "golden"]
+    lines, kept, total = [], 0, 0
+    for r in golden:
+        who = f"{'reference ' if r.get('is_reference') else ''}{r.get('technique')} {r.get('variant')} ({r.get('dtype')}, {r.get('device')})"
+        status = r.get("status")
+        total += int(r.get("written_bytes") or 0)
+        if status == "recorded":
+            lines.append(f"recorded {who}: {r.get('path')} ({r.get('written_bytes')} bytes)")
+        elif status == "rewritten":
+            before: dict[Any, str] = {True: "it had moved: ", False: "within the bound: "}
+            was = before.get(r.get("drifted"), "") + str(r.get("detail") or "")
+            what = "; ".join(r.get("changes") or []) or "no recorded version or file changed"
+            lines.append(f"REWROTE  {who}: {r.get('path')}\n         before: {was}\n         since: {what}")
+        elif status == "kept":
+            kept += 1
+    if kept:
+        lines.append(f"kept {kept} golden(s) unchanged (same values and record)")
+    if total:
+        lines.append(f"{total / 1024:.1f} KiB written")
+    return [part for line in lines for part in line.split("\n")]
 
 
 def terminal_summary(results: Sequence[Mapping[str, Any]], verbose: bool = False) -> tuple[str, list[str]]:

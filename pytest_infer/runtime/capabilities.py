@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from pytest_infer.core.model_facts import ModelFacts
+from pytest_infer.runtime.generated import output_cache
 from pytest_infer.runtime.loading import ModelSource
 
 # messages Transformers (and the cache backends) raise when an architecture cannot take a technique
@@ -130,7 +131,7 @@ def _cached_kv_dims(model: Any, text: Any, heads: int) -> tuple[int, int]:
     try:
         with torch.no_grad():
             out = model(input_ids=torch.zeros(1, 4, dtype=torch.long, device="meta"), use_cache=True)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        cache = output_cache(out)
         for layer in getattr(cache, "layers", []):
             keys = getattr(layer, "keys", None)
             if keys is not None and keys.dim() == 4:

@@ -36,3 +36,13 @@ def never_token(model: Any, tokenizer: Any) -> int:
     """A token id outside the vocabulary: as EOS it never stops generation and changes no logit."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return max(int(getattr(config, "vocab_size", 0) or 0), len(tokenizer))
+
+
+def output_cache(out: Any) -> Any:
+    """The cache a forward or generate output carries, by the field its class declares: ``cache`` since Transformers
+    5.2x, ``past_key_values`` before (reading the old name on a new output logs a deprecation warning)."""
+    fields = getattr(out, "__dataclass_fields__", None) or {}
+    for name in ("cache", "past_key_values", "cache_params"):
+        if name in fields:
+            return getattr(out, name)
+    return getattr(out, "cache", None)

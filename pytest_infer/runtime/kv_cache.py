@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_infer.core.technique import Technique, resolve_kwargs
-from pytest_infer.runtime.generated import never_token
+from pytest_infer.runtime.generated import never_token, output_cache
 from pytest_infer.runtime.memory import storage_bytes
 
 QUANTIZED_LAYERS = {"quanto": "QuantoQuantizedLayer", "hqq": "HQQQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
@@ -129,9 +129,7 @@ def generate_with_cache(
             pad_token_id=tokenizer.pad_token_id,
             **kwargs,
         )
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
+    cache = output_cache(out)
     return out.sequences[:, batch.input_ids.shape[1] :].tolist(), cache
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from pytest_infer.core.dtypes import torch_dtype
 from pytest_infer.core.errors import ExplainedFailure
 from pytest_infer.core.technique import Technique, resolve_kwargs
+from pytest_infer.runtime.quiet import quiet_progress_bars
 
 
 class ModelLoadError(ExplainedFailure):
@@ -103,7 +104,8 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
     }
     kwargs.update(resolve_kwargs(technique.load_kwargs, device=device, dtype=dtype))
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
+        with quiet_progress_bars():  # the plugin's progress lines say what loads; no bar in captured output
+            model = AutoModelForCausalLM.from_pretrained(source.name_or_path, **kwargs)
     except Exception as exc:
         raise ModelLoadError(
             f"loading {source.label} with {technique.name} ({dtype}) failed: {_why(exc, source)}", exc

@@ -125,7 +125,8 @@ def _cache_reason(technique: Technique, facts: ModelFacts) -> str | None:
         width = facts.kv_heads * facts.head_dim
         if backend in ("quanto", "hqq") and width and width % group:
             return (
-                f"QuantizedCache({backend}, q_group_size={group}) quantizes each cached [batch, kv_heads={facts.kv_heads}, "
+                f"QuantizedCache({backend}, q_group_size={group}) quantizes each cached {name} [batch, "
+                f"kv_heads={facts.kv_heads}, "
                 f"seq, head_dim={facts.head_dim}] tensor in groups of {group}: kv_heads*head_dim={width} is not a "
                 f"multiple of {group}, so it fails at prompt lengths where kv_heads*seq*head_dim is not "
                 f"('Group size ({group}) must be a divisor of ...'); set cache_config q_group_size to a divisor of {width}"
