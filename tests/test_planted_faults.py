@@ -3,6 +3,8 @@ technique from a test's conftest, and each must FAIL with a message that points 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 PLANTED = """
@@ -287,3 +289,64 @@ def test_compiled_path_that_recompiles_fails_the_guard(pytester: pytest.Pytester
             "*recompiled '*' (*): guard failed: *size mismatch*",
         ]
     )
+
+
+BATCH_DEPENDENT = """
+import torch
+
+from pytest_infer import Technique
+
+
+def leaky_norm(model):
+    # a final norm whose statistics are reduced over the batch's rows too: right for a prompt alone, wrong in a batch
+    norm = model.model.norm
+
+    def forward(hidden_states):
+        h = hidden_states.float()
+        variance = h.pow(2).mean(-1, keepdim=True).mean(0, keepdim=True)
+        return norm.weight * (h * torch.rsqrt(variance + norm.variance_epsilon)).to(hidden_states.dtype)
+
+    norm.forward = forward
+    return model
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(Technique(name="batch_leak", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=leaky_norm))
+    # promises bitwise invariance, which CPU float32 GEMMs do not give across batch sizes
+    registry.add(Technique(name="sdpa_bitwise", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           batch_invariant=True))
+"""
+
+
+def test_batch_dependent_reduction_fails_batch_invariance(pytester: pytest.Pytester, run_infer) -> None:
+    pytester.makeconftest(BATCH_DEPENDENT)
+    result = run_infer(
+        "--infer-suite", "stability", "--infer-technique", "batch_leak,sdpa,sdpa_bitwise", "--infer-report", "r.json"
+    )  # (run_infer validates r.json against the shipped JSON Schema)
+    result.assert_outcomes(failed=2, passed=1)  # the planted reduction and the broken promise fail, sdpa passes
+    result.stdout.fnmatch_lines(
+        [
+            "*batch invariance FAILED: batch_leak (float32) on cpu: one prompt (* positions) alone vs 7 batch "
+            "placements (sizes 2-8, first/middle/last), max_abs <= 0.0001; worst batch *",
+            "*- batch 2, first: max_abs * against the prompt alone > 0.0001 (10 x the reference's padded-batch noise *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*- batch 8, row 4: * of * positions differ from the prompt alone (max_abs *); the technique promises bitwise*"
+        ]
+    )
+    result.stdout.fnmatch_lines(["technique  *invariance", "batch_leak  *FAIL *", "sdpa  *pass *"])  # the matrix
+    report = json.loads((pytester.path / "r.json").read_text())
+    leak = next(r for r in report["results"] if r["technique"] == "batch_leak")
+    assert leak["check"] == "invariance" and not leak["passed"] and leak["metrics"]["max_abs"] > 0.1
+    assert [(p["size"], p["row"]) for p in leak["placements"]] == [
+        (2, 0),
+        (2, 1),
+        (3, 1),
+        (4, 3),
+        (8, 0),
+        (8, 4),
+        (8, 7),
+    ]

@@ -107,6 +107,7 @@ class Technique:
     components: tuple[str, ...] = ()
     # call counters on what it installs, judged after every run: 0 calls of the requested code fails (core/probe.py)
     probes: tuple[Probe, ...] = ()
+    batch_invariant: bool = False  # promises bitwise batch invariance: the batch-invariance check compares bits
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in " []/,;:"):
