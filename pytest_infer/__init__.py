@@ -15,6 +15,7 @@ pytest_plugins = ["pytest_infer.plugin"]
 _EXPORTS = {
     "Technique": "pytest_infer.core.technique",
     "Lazy": "pytest_infer.core.technique",
+    "Probe": "pytest_infer.core.probe",
     "Tolerance": "pytest_infer.core.tolerance",
     "Expectation": "pytest_infer.core.expectation",
     "ByStack": "pytest_infer.core.stack",

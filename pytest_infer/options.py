@@ -72,7 +72,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "suite",
-        "bundled suites to collect, comma-separated: parity, generation, perf, all (default: none)",
+        "bundled suites to collect, comma-separated: parity, generation, perf, stability, all (default: none)",
         [],
         "list",
         "SUITE[,SUITE]",

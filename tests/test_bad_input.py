@@ -203,7 +203,7 @@ STARTUP = [
     Bad(
         "suite-misspelt",
         ("--infer-suite", "parity,perfomance"),
-        ("--infer-suite: unknown suite 'perfomance'; valid choices: parity, generation, perf, all",),
+        ("--infer-suite: unknown suite 'perfomance'; valid choices: parity, generation, perf, stability, all",),
     ),
     Bad("reference-unknown", ("--infer-reference", "flash"), ("--infer-reference flash: unknown technique 'flash'",)),
     Bad(

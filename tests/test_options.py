@@ -104,7 +104,7 @@ def test_repeated_flags_and_comma_lists_combine(pytester: pytest.Pytester, run_i
         (("--infer-model", "./no/such/dir"), "--infer-model ./no/such/dir: no such directory"),
         (("--infer-device", "cuda:7"), "--infer-device cuda:7:"),
         (("--infer-device", "tpu"), "--infer-device tpu:"),
-        (("--infer-suite", "speed"), "unknown suite 'speed'; valid choices: parity, generation, perf, all"),
+        (("--infer-suite", "speed"), "unknown suite 'speed'; valid choices: parity, generation, perf, stability, all"),
         (("--infer-reference", "nope"), "unknown technique 'nope'"),
         (("--infer-max-models", "0"), "--infer-max-models: must be at least 1"),
         (("--infer-strict", "--infer-tolerance", "sdpa:max_abs=big"), "'big' is not a number"),

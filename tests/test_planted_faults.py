@@ -3,11 +3,13 @@ technique from a test's conftest, and each must FAIL with a message that points 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 PLANTED = """
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from pytest_infer import Technique
@@ -67,8 +69,20 @@ def forgetful(model):
     return model
 
 
+def my_kernel(module, query, key, value, attention_mask, **kwargs):
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def no_kernel_here(model):
+    # a library that finds no kernel for this device and quietly registers sdpa under the kernel's name:
+    # same name, bit-identical to sdpa
+    AttentionInterface.register("fallback_attn", sdpa_attention_forward)
+    return model
+
+
 def pytest_infer_register_techniques(registry):
     registry.add(attention_function_technique("maskless", maskless))
+    registry.add(attention_function_technique("fallback_attn", my_kernel, prepare=no_kernel_here))
     registry.add(attention_function_technique("nan_masked_rows", nan_on_masked_rows))
     registry.add(Technique(name="layer2_off", family="custom", load_kwargs={"attn_implementation": "sdpa"},
                            prepare=perturb_layer(2, 1.05)))
@@ -102,6 +116,15 @@ def test_nan_on_fully_masked_rows_is_found_with_row_and_position(planted: pytest
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*candidate logits contain NaN/Inf at * position(s) in row(s) *; first at row *, position * (* position)*"]
+    )
+
+
+def test_attention_that_falls_back_to_sdpa_fails_its_probe(planted: pytest.Pytester, run_infer) -> None:
+    result = run_infer("--infer-suite", "parity", "--infer-technique", "fallback_attn,sdpa", "-k", "logit_parity")
+    result.assert_outcomes(failed=1, passed=1)  # the planted fallback fails, the built-in passes
+    assert "FAILED test_parity.py::test_logit_parity[cpu-float32-fallback_attn]" in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["*fallback_attn: attention function 'my_kernel' ran 0 times in * forward(s) of the model: the requested*"]
     )
 
 
@@ -212,7 +235,26 @@ def compile_static_shapes(model):
     return model
 
 
+CALLS = {"n": 0}
+
+
+def recompile_every_call(model):
+    # the transformers #37908 family: a Python counter read in a compiled region is guarded on its value, so every
+    # call compiles again until torch's recompile limit (8), after which the frame silently runs uncompiled
+    head = model.lm_head
+    original = head.forward
+
+    def forward(hidden_states):
+        CALLS["n"] += 1
+        return original(hidden_states) * (CALLS["n"] > 0)  # the counter is read in the graph: guarded on its value
+
+    head.forward = torch.compile(forward, backend="eager")  # a cheap backend: the fault, not inductor, is tested
+    return model
+
+
 def pytest_infer_register_techniques(registry):
+    registry.add(Technique(name="every_call", family="compilation", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=recompile_every_call, compiled=True))
     registry.add(Technique(
         name="recompiling", family="compilation", load_kwargs={"attn_implementation": "sdpa"},
         generate_kwargs={"cache_implementation": "static", "max_cache_len": Lazy(max_cache_len), "disable_compile": True},
@@ -224,12 +266,87 @@ def pytest_infer_register_techniques(registry):
 def test_compiled_path_that_recompiles_fails_the_guard(pytester: pytest.Pytester, run_infer) -> None:
     pytester.makeconftest(RECOMPILING)
     result = run_infer(
-        "--infer-suite", "generation", "--infer-technique", "recompiling,static_compile", "-k", "recompiles"
+        "--infer-suite",
+        "generation",
+        "--infer-technique",
+        "recompiling,every_call,static_compile",
+        "-k",
+        "recompiles",
     )
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*recompile guard FAILED: every_call (float32) on cpu: warm-up compiled 8 graph(s)*; 0 recompile(s) in an "
+            "identical call; 0 recompile(s) in 3 further calls*",
+            "*torch.compile hit its recompile limit: recompile_limit (8) for 'forward' (*conftest.py:*), last failed "
+            "guard: */7: G?'CALLS'??'n'? == 7 *; from then on this frame runs uncompiled*",
+        ]
+    )
     result.stdout.fnmatch_lines(
         [
             "*recompile guard FAILED: recompiling (float32) on cpu: warm-up compiled * graph(s)*; * recompile(s) in 3 further calls*",
             "*recompilation(s) after warm-up over 3 calls: shorter prompts, max_new_tokens 24, max_new_tokens 8*",
+            "*recompiled '*' (*): guard failed: *size mismatch*",
         ]
     )
+
+
+BATCH_DEPENDENT = """
+import torch
+
+from pytest_infer import Technique
+
+
+def leaky_norm(model):
+    # a final norm whose statistics are reduced over the batch's rows too: right for a prompt alone, wrong in a batch
+    norm = model.model.norm
+
+    def forward(hidden_states):
+        h = hidden_states.float()
+        variance = h.pow(2).mean(-1, keepdim=True).mean(0, keepdim=True)
+        return norm.weight * (h * torch.rsqrt(variance + norm.variance_epsilon)).to(hidden_states.dtype)
+
+    norm.forward = forward
+    return model
+
+
+def pytest_infer_register_techniques(registry):
+    registry.add(Technique(name="batch_leak", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           prepare=leaky_norm))
+    # promises bitwise invariance, which CPU float32 GEMMs do not give across batch sizes
+    registry.add(Technique(name="sdpa_bitwise", family="custom", load_kwargs={"attn_implementation": "sdpa"},
+                           batch_invariant=True))
+"""
+
+
+def test_batch_dependent_reduction_fails_batch_invariance(pytester: pytest.Pytester, run_infer) -> None:
+    pytester.makeconftest(BATCH_DEPENDENT)
+    result = run_infer(
+        "--infer-suite", "stability", "--infer-technique", "batch_leak,sdpa,sdpa_bitwise", "--infer-report", "r.json"
+    )  # (run_infer validates r.json against the shipped JSON Schema)
+    result.assert_outcomes(failed=2, passed=1)  # the planted reduction and the broken promise fail, sdpa passes
+    result.stdout.fnmatch_lines(
+        [
+            "*batch invariance FAILED: batch_leak (float32) on cpu: one prompt (* positions) alone vs 7 batch "
+            "placements (sizes 2-8, first/middle/last), max_abs <= 0.0001; worst batch *",
+            "*- batch 2, first: max_abs * against the prompt alone > 0.0001 (10 x the reference's padded-batch noise *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*- batch 8, row 4: * of * positions differ from the prompt alone (max_abs *); the technique promises bitwise*"
+        ]
+    )
+    result.stdout.fnmatch_lines(["technique  *invariance", "batch_leak  *FAIL *", "sdpa  *pass *"])  # the matrix
+    report = json.loads((pytester.path / "r.json").read_text())
+    leak = next(r for r in report["results"] if r["technique"] == "batch_leak")
+    assert leak["check"] == "invariance" and not leak["passed"] and leak["metrics"]["max_abs"] > 0.1
+    assert [(p["size"], p["row"]) for p in leak["placements"]] == [
+        (2, 0),
+        (2, 1),
+        (3, 1),
+        (4, 3),
+        (8, 0),
+        (8, 4),
+        (8, 7),
+    ]

@@ -169,3 +169,70 @@ def test_skip_reason_includes_dtype_checks() -> None:
     assert reg.get("sdpa_flash").skip_reason(h100, "bfloat16") is None
     t4 = Stack(device_kind="cuda", device_name="T4", compute_capability=(7, 5), packages={"torch": "2.11.0"})
     assert "needs compute capability >= 8.0, found 7.5" in reg.get("sdpa_cudnn").skip_reason(t4, "bfloat16")
+
+
+def test_probe_counts_calls_and_judges_each_run() -> None:
+    from pytest_infer.core.probe import Probe, ProbeFailure
+
+    probe = Probe("my kernel", per_forward=2)
+    seen: list[int] = []
+    counted = probe.count(seen.append)
+    t = _t("mine", probes=[probe])  # a list is accepted and frozen into a tuple; the probe learns its owner
+    assert t.probes == (probe,) and probe.label == "mine: my kernel" and t.describe()["probes"] == ["mine: my kernel"]
+    with t.active():
+        counted(1)  # no model attached: one call is proof enough
+    assert seen == [1] and probe.last == {"calls": 1, "forwards": 0}
+    with pytest.raises(ProbeFailure, match=r"mine: my kernel ran 0 times: the requested code never ran"), t.active():
+        pass
+    # nested runs (generate calling forward under the same technique) are judged once, by the outermost
+    with t.active():
+        with t.active():
+            pass
+        counted(2)
+    # per_forward: against the forwards of the attached model
+    probe.forwards += 3  # as the model's forward hook does, three forwards in one run
+    start = probe.begin()
+    probe.forwards += 3
+    probe.calls += 5
+    probe._models = [lambda: object()]  # type: ignore[list-item]  # an attached model is alive
+    assert probe.end(start) == (
+        "mine: my kernel ran 5 times in 3 forward(s), expected at least 2 per forward: it ran in only part of the run"
+    )
+    probe.calls += 1
+    assert probe.end(start) is None
+    assert probe.end(probe.begin()) is None  # the run did not run the model: nothing to judge
+
+
+def test_probes_are_validated_and_stacked() -> None:
+    from pytest_infer import Probe
+
+    with pytest.raises(TechniqueError, match=r"probes must be pytest_infer.Probe objects, got str"):
+        _t("bad", probes=("my kernel",))
+    with pytest.raises(ValueError, match=r"per_forward must be an integer >= 0"):
+        Probe("k", per_forward=-1)
+    with pytest.raises(ValueError, match=r"name what it counts"):
+        Probe("")
+    a, b = Probe("a kernel"), Probe("b kernel")
+    stacked = compose(_t("x", probes=(a,)), _t("y", probes=(b, a)))
+    assert stacked.probes == (a, b)
+
+
+def test_module_probe_counts_forwards_of_named_modules() -> None:
+    import torch
+
+    from pytest_infer import Probe
+    from pytest_infer.core.probe import ProbeFailure
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    probe = Probe("fused relu", modules="ReLU", per_forward=1)
+    t = _t("relu", probes=(probe,))
+    probe.attach(model)
+    probe.attach(model)  # once per model
+    with t.active():
+        model(torch.ones(1, 2))
+    assert probe.last == {"calls": 1, "forwards": 1}
+    model[1] = torch.nn.Identity()  # the module it counted was replaced: nothing of it runs any more
+    with pytest.raises(ProbeFailure, match=r"relu: fused relu ran 0 times in 1 forward\(s\) of the model"), t.active():
+        model(torch.ones(1, 2))
+    with pytest.raises(ProbeFailure, match=r"no module of Sequential matches 'model.layers.\*.mlp'.*classes: "):
+        Probe("mlp", modules="model.layers.*.mlp").attach(model)

@@ -20,6 +20,7 @@ from pytest_infer.core.case import Case
 from pytest_infer.parity.bounds import default_tolerance
 from pytest_infer.parity.generation import GenerationParityResult, compare_generations
 from pytest_infer.parity.golden_compare import GoldenResult
+from pytest_infer.parity.invariance import BatchInvarianceResult, batch_invariance, invariance_bound
 from pytest_infer.parity.localize import first_divergence
 from pytest_infer.parity.logits import LogitParityResult, compare_logits
 from pytest_infer.parity.padding import padding_parity, parse_sweep
@@ -105,6 +106,26 @@ class ParityChecks:
             result.floor = floor.to_dict() if floor else None
             results.append(models.record(result, case))
         return results
+
+    def batch_invariance(self, case: Case) -> BatchInvarianceResult:
+        """One prompt alone vs. in batches of 2-8 at the first, a middle and the last row (see
+        :mod:`pytest_infer.parity.invariance`): the technique against itself, bounded by the batch noise floor."""
+        ctx, models = self.ctx, self.models
+        _, floor = models.tolerance(case)
+        table = default_tolerance(case.dtype, case.device).max_abs
+        bound, source = invariance_bound(table if table is not None else float("inf"), floor)
+        result = batch_invariance(
+            lambda batch: models.forward(case, batch),
+            ctx.tokenizer,
+            ctx.prompts,
+            bound=bound,
+            bound_source=source,
+            bitwise=case.technique.batch_invariant,
+            technique=case.technique.name,
+            device=case.device,
+            dtype=case.dtype,
+        )
+        return models.record(result, case)
 
     def generation(self, case: Case) -> list[GenerationParityResult]:
         """Greedy generation at each configured length vs. the reference's, token by token."""
@@ -202,6 +223,9 @@ class ParityChecks:
 
     def assert_padding(self, case: Case) -> list[LogitParityResult]:
         return self.models.decided(case, lambda: self.padding(case))
+
+    def assert_batch_invariance(self, case: Case) -> BatchInvarianceResult:
+        return self.models.decided(case, lambda: [self.batch_invariance(case)])[0]
 
     def assert_generation(self, case: Case) -> list[GenerationParityResult]:
         return self.models.decided(case, lambda: self.generation(case))

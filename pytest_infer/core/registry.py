@@ -107,6 +107,8 @@ def compose(a: Technique, b: Technique) -> Technique:
         compiled=a.compiled or b.compiled,
         inference_mode=a.inference_mode and b.inference_mode,
         components=a.components + b.components,
+        probes=tuple(dict.fromkeys(a.probes + b.probes)),
+        batch_invariant=a.batch_invariant and b.batch_invariant,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from pytest_infer.core.errors import TechniqueError
 from pytest_infer.core.expectation import Expectation
 from pytest_infer.core.model_facts import ModelFacts
+from pytest_infer.core.probe import Probe, judged
 from pytest_infer.core.requirements import Requirements
 from pytest_infer.core.stack import ByStack, Stack
 from pytest_infer.core.tolerance import Tolerance
@@ -104,6 +105,9 @@ class Technique:
     compiled: bool = False  # runs through torch.compile: the recompile guard applies
     inference_mode: bool = True  # False: calls run under torch.no_grad() (tensors that reject inference mode)
     components: tuple[str, ...] = ()
+    # call counters on what it installs, judged after every run: 0 calls of the requested code fails (core/probe.py)
+    probes: tuple[Probe, ...] = ()
+    batch_invariant: bool = False  # promises bitwise batch invariance: the batch-invariance check compares bits
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in " []/,;:"):
@@ -114,6 +118,14 @@ class Technique:
             raise TechniqueError(f"technique {self.name}: unknown runner {self.runner!r}; valid: {', '.join(RUNNERS)}")
         if not self.components:
             object.__setattr__(self, "components", (self.name,))
+        probes = tuple(self.probes) if isinstance(self.probes, (tuple, list)) else (self.probes,)
+        for p in probes:
+            if not isinstance(p, Probe):
+                raise TechniqueError(
+                    f"technique {self.name}: probes must be pytest_infer.Probe objects, got {type(p).__name__}: {p!r}"
+                )
+            p.owner = p.owner or self.name
+        object.__setattr__(self, "probes", probes)
 
     @property
     def test_id(self) -> str:
@@ -134,11 +146,14 @@ class Technique:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        if self.context is None:
-            yield
-        else:
-            with self.context():
+        """Around one call (forward, generate, generate_batch): the technique's context entered, and its probes judged
+        when the call returns (a :class:`~pytest_infer.core.probe.ProbeFailure` names what never ran)."""
+        with judged(self.probes):
+            if self.context is None:
                 yield
+            else:
+                with self.context():
+                    yield
 
     @contextlib.contextmanager
     def no_grad(self) -> Iterator[None]:
@@ -162,4 +177,5 @@ class Technique:
             "requirements": self.requirements.describe(),
             "runner": self.runner,
             "components": list(self.components),
+            "probes": [p.label for p in self.probes],
         }

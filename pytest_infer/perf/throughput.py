@@ -103,7 +103,9 @@ def measure_throughput(
     inputs = [list(tokenizer(p)["input_ids"]) for p in prompts]
     rows = [encode(tokenizer, [p], str(baseline.device)) for p in prompts]
     # the same context, without the batching runner and its ContinuousBatchingConfig overrides
-    sequential_technique = Technique(name=f"{technique.name}-sequential", family="custom", context=technique.context)
+    sequential_technique = Technique(
+        name=f"{technique.name}-sequential", family="custom", context=technique.context, probes=technique.probes
+    )
     counts = {"batch": 0, "sequential": 0}
 
     def batch() -> None:

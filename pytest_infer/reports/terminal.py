@@ -22,6 +22,7 @@ CHECK_COLUMNS = (
     "inference_mode",
     "cache",
     "speed",
+    "invariance",
 )
 HEADERS = {"inference_mode": "inf-mode"}  # column titles where the check name is long
 

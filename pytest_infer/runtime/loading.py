@@ -138,6 +138,8 @@ def load_model(source: ModelSource, technique: Technique, dtype: str, device: st
         )
     if technique.prepare is not None:
         model = technique.prepare(model)
+    for probe in technique.probes:  # count what the technique installed, in every run of this model
+        probe.attach(model)
     return model
 
 

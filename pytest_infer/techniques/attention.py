@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_infer.core.dtypes import half_only, half_only_on
 from pytest_infer.core.model_facts import ModelFacts
+from pytest_infer.core.probe import Probe
 from pytest_infer.core.requirements import Requirements
 from pytest_infer.core.stack import Stack
 from pytest_infer.core.technique import Technique
@@ -154,6 +155,7 @@ def attention_function_technique(
     description: str = "",
     requirements: Requirements | None = None,
     mask: str | Callable[..., Any] | None = "sdpa",
+    probe: Probe | bool = True,
     **kwargs: Any,
 ) -> Technique:
     """A technique for an attention function registered through Transformers' ``AttentionInterface``.
@@ -166,16 +168,26 @@ def attention_function_technique(
     name with no registered mask **no mask at all** (meant for servers that mask on their own), so padded
     batches would silently attend to padding; ``mask=None`` keeps that behaviour on purpose.
 
+    ``probe``: proof that ``function`` ran. By default the function is registered counted, and a run of the model in
+    which it was called less than once per forward fails naming it (a name that Transformers resolved to another
+    attention would otherwise pass, bit-identical to that one). Give your own :class:`~pytest_infer.core.probe.Probe`
+    to expect more (``Probe("my kernel", per_forward=num_layers)``: one call per layer), or ``probe=False`` for none
+    (then declare your own with ``probes=(...)``, e.g. on a kernel that ``function`` calls).
+
     Example (in a model repository's conftest.py)::
 
         def pytest_infer_register_techniques(registry):
             registry.add(attention_function_technique("my_attention", my_attention_forward))
     """
 
+    if probe is True:
+        probe = Probe(f"attention function {getattr(function, '__qualname__', function)!r}", per_forward=1)
+    registered = probe.count(function) if isinstance(probe, Probe) else function
+
     def setup() -> None:
         from transformers import AttentionInterface
 
-        AttentionInterface.register(name, function)
+        AttentionInterface.register(name, registered)
         if mask is not None:
             from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
@@ -189,5 +201,6 @@ def attention_function_technique(
         requirements=requirements or Requirements(),
         setup=setup,
         effective_attention=frozenset({name}),
+        probes=(*((probe,) if isinstance(probe, Probe) else ()), *kwargs.pop("probes", ())),
         **kwargs,
     )

@@ -91,7 +91,7 @@ def local_attention_technique(
         requirements=requirements or Requirements(packages=(KERNELS,)),
         setup=setup,
         prepare=prepare,
-        context=watch.context,
+        probes=(watch,),
         effective_attention=frozenset({name}),
         **kwargs,
     )
@@ -158,7 +158,7 @@ def hub_attention_technique(
         dtype_check=half_only(f"hub kernel {repo_id}"),
         setup=setup,
         prepare=prepare,
-        context=watch.context,
+        probes=(watch,),
         effective_attention=frozenset({impl}),
         **kwargs,
     )

@@ -59,7 +59,7 @@ def local_layer_technique(
         prepare=_kernelize(
             name, kernel_layer, make_repo, devices, watch, _local_provenance(path, layer), True, lambda: path
         ),
-        context=watch.context,
+        probes=(watch,),
         **kwargs,
     )
 
@@ -117,7 +117,7 @@ def hub_layer_technique(
         prepare=_kernelize(
             name, kernel_layer, make_repo, devices, watch, provenance, False, lambda: cached_snapshot(ref)
         ),
-        context=watch.context,
+        probes=(watch,),
         **kwargs,
     )
 
@@ -182,6 +182,6 @@ def transformers_local_layer_technique(
         },
         requirements=Requirements(packages=(KERNELS,), custom=(_transformers_integration, _transformers_kernel_device)),
         prepare=prepare,
-        context=watch.context,
+        probes=(watch,),
         **kwargs,
     )

@@ -1,20 +1,19 @@
-"""Proof that a kernel ran: :class:`KernelWatch` counts the calls of the kernel layers and attention functions a
-technique installs, and fails a run in which the requested kernel never ran."""
+"""Proof that a kernel ran: :class:`KernelWatch`, the kernels family's :class:`~pytest_infer.core.probe.Probe`, counts
+the calls of the kernel layers and attention functions a technique installs, and fails a run in which the requested
+kernel never ran (judged by ``Technique.active`` like every probe)."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from pytest_infer.core.errors import ExplainedFailure
+from pytest_infer.core.probe import Probe, ProbeFailure, compile_safe
 from pytest_infer.techniques.kernels.support import kernel_layer_modules
 
 
-class KernelNotRun(ExplainedFailure):
+class KernelNotRun(ProbeFailure):
     """The kernel a technique requested never ran (or another ran instead); the message says what ran."""
 
 
@@ -40,9 +39,9 @@ class _Use:
     ran_other: dict[str, str] = field(default_factory=dict)  # module -> the forward it ran instead
 
 
-class KernelWatch:
+class KernelWatch(Probe):
     """Requested == effective for one technique: a static check after loading and a runtime check
-    around every call (entered as the technique's ``context``).
+    around every call (declared as the technique's probe).
 
     ``kind="layer"``: each module registered for the layer name must have the kernel layer's forward
     after ``kernelize``, and run it in every call. ``kind="attention"``: the attention implementation
@@ -53,12 +52,20 @@ class KernelWatch:
     def __init__(self, technique: str, kind: str, requested: str) -> None:
         if kind not in ("layer", "attention"):
             raise ValueError(f"KernelWatch kind must be 'layer' or 'attention', got {kind!r}")
+        super().__init__(requested)
+        self.owner = technique
         self.technique = technique
         self.kind = kind
         self.requested = requested  # human text: which kernel, from where
         self._uses: list[_Use] = []
-        self._depth = 0
-        self.attention_calls = 0
+
+    @property
+    def attention_calls(self) -> int:
+        return self.calls
+
+    def attach(self, model: Any) -> None:
+        """Nothing to add after loading: the technique's ``prepare`` watched the model (:meth:`watch_layers`,
+        :meth:`watch_attention`)."""
 
     # -- layers --
     def watch_layers(
@@ -94,19 +101,14 @@ class KernelWatch:
         use = _Use(weakref.ref(model), [n for n, _ in targets], 0)
         model.register_forward_pre_hook(_count_forward(use))
         for name, module in targets:
-            module.register_forward_pre_hook(_layer_probe(use, name, kernel_forward))
+            module.register_forward_pre_hook(compile_safe(_layer_probe(use, name, kernel_forward)))
         self._uses.append(use)
         return len(targets)
 
     # -- attention --
     def counting(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` wrapped to count its calls (register this one, not ``function``)."""
-
-        @functools.wraps(function)
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.attention_calls += 1
-            return function(*args, **kwargs)
-
+        counted = self.count(function)
         counted.__infer_kernel_watch__ = self  # type: ignore[attr-defined]
         return counted
 
@@ -128,35 +130,24 @@ class KernelWatch:
         model.register_forward_pre_hook(_count_forward(use))
         self._uses.append(use)
 
-    # -- runtime --
-    @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
-        """Around one call (forward or generate): afterwards, every watched model that ran must have run
-        the kernel (only the outermost of nested contexts of this technique judges)."""
-        self._depth += 1
-        if self._depth > 1:
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+    # -- runtime: judged after every call by Technique.active --
+    def begin(self) -> Any:
+        self._make_safe()
         self._uses = [u for u in self._uses if u.model() is not None]
-        start = [u.forwards for u in self._uses]
         for u in self._uses:
             u.ran_kernel.clear()
             u.ran_other.clear()
-        calls = self.attention_calls
-        try:
-            yield
-        finally:
-            self._depth -= 1
+        return ([u.forwards for u in self._uses], self.calls)
+
+    def end(self, start: Any) -> str | None:
+        forwards, calls = start
+        ran = sum(u.forwards - s for u, s in zip(self._uses, forwards, strict=False))
+        ran_calls = self.calls - calls if self.kind == "attention" else sum(len(u.ran_kernel) for u in self._uses)
+        self.last = {"calls": ran_calls, "forwards": ran}
         problems = [
-            self._verdict(u, u.forwards - s, self.attention_calls - calls)
-            for u, s in zip(self._uses, start, strict=True)
+            self._verdict(u, u.forwards - s, self.calls - calls) for u, s in zip(self._uses, forwards, strict=False)
         ]
-        found = [p for p in problems if p]
-        if found:
-            fail("\n".join(found))
+        return "\n".join(p for p in problems if p) or None
 
     def _verdict(self, use: _Use, forwards: int, attention_calls: int) -> str | None:
         if forwards <= 0:
@@ -190,7 +181,7 @@ def _count_forward(use: _Use) -> Callable[..., None]:
     def hook(_module: Any, _args: Any) -> None:
         use.forwards += 1
 
-    return hook
+    return compile_safe(hook)
 
 
 def _layer_probe(use: _Use, name: str, kernel_forward: Callable[..., Any] | None) -> Callable[..., None]:
