@@ -9,12 +9,13 @@ calls, with the ini type :func:`ini_type` gives, ``docs/configuration.md`` is ch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_infer.core.errors import ConfigError
 from pytest_infer.core.numbers import NumberError, bounded, parse_int, parse_real, why
+from pytest_infer.core.text import parse_bool, split_list
 
 WEEK_S = 7 * 24 * 3600  # the longest timer an option sets (signal.alarm and faulthandler take C integers)
 
@@ -336,26 +337,6 @@ def as_written(config: Any, name: str, value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(text, str):
         return text if getattr(entry, "mode", "ini") == "ini" else value
     return value
-
-
-def parse_bool(value: str | bool, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    v = value.strip().lower()
-    if v in {"1", "true", "yes", "on"}:
-        return True
-    if v in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigError(f"{what}: expected true or false, got {value!r}")
-
-
-def split_list(values: str | Sequence[str], sep: str = ",") -> list[str]:
-    """``"a, b" / ["a,b", "c"]`` -> ``["a", "b", "c"]`` (repeated flags and comma lists both work)."""
-    items = [values] if isinstance(values, str) else list(values)
-    out: list[str] = []
-    for item in items:  # an item of a TOML array may be a number (infer_new_tokens = [16, 64])
-        out.extend(p.strip() for p in str(item).replace("\n", sep).split(sep) if p.strip())
-    return out
 
 
 def coerce(opt: Option, raw: Any, source: str, ini_file: str = "") -> Any:

@@ -12,7 +12,7 @@ import sys
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -385,7 +385,7 @@ def _registry(config: pytest.Config) -> Registry:
         config.hook.pytest_infer_register_techniques(registry=registry)
     except Exception as exc:
         impls = config.hook.pytest_infer_register_techniques.get_hookimpls()
-        at = hook_origin(exc, [i.function for i in impls])
+        at = validation.hook_origin(exc, [i.function for i in impls])
         text = str(exc) if isinstance(exc, TechniqueError) else f"{type(exc).__name__}: {exc}"
         raise ConfigError(f"pytest_infer_register_techniques{f' ({at})' if at else ''}: {text}") from None
     return registry
@@ -441,19 +441,3 @@ def _validate(cfg: InferConfig, registry: Registry, ini_file: str) -> list[Techn
         with blamed(unusable[0]):
             raise ConfigError(unusable[1])
     return techniques
-
-
-def hook_origin(exc: BaseException, functions: Sequence[Callable[..., Any]]) -> str:
-    """``file:line`` in the hook implementation (one of ``functions``, e.g. a conftest's
-    ``pytest_infer_register_techniques``) from which ``exc`` was raised, or "" when none of them was."""
-    files = {f.__code__.co_filename for f in functions if hasattr(f, "__code__")}
-    codes = {f.__code__ for f in functions if hasattr(f, "__code__")}
-    tb, where = exc.__traceback__, ""
-    entered = False
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        entered = entered or code in codes
-        if entered and code.co_filename in files:
-            where = f"{code.co_filename}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return where

@@ -276,3 +276,19 @@ def comparison_problem(cfg: InferConfig, registry: Registry) -> tuple[str, str] 
                         f"every test is compared with the {name}: choose one this stack runs (pytest --infer-list)"
                     )
     return None
+
+
+def hook_origin(exc: BaseException, functions: Sequence[Callable[..., Any]]) -> str:
+    """``file:line`` in the hook implementation (one of ``functions``, e.g. a conftest's
+    ``pytest_infer_register_techniques``) from which ``exc`` was raised, or "" when none of them was."""
+    files = {f.__code__.co_filename for f in functions if hasattr(f, "__code__")}
+    codes = {f.__code__ for f in functions if hasattr(f, "__code__")}
+    tb, where = exc.__traceback__, ""
+    entered = False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        entered = entered or code in codes
+        if entered and code.co_filename in files:
+            where = f"{code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
