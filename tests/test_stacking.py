@@ -15,10 +15,12 @@ def test_quantization_stacked_with_attention_and_caches(run_infer) -> None:
         "--infer-new-tokens",
         "24",
     )
-    # bnb_8bit+sdpa: logits, padding, generation, storage, inference mode (5)
-    # quanto_int8+static_cache: generation, storage, inference mode, 3 cache checks (6)
-    # sdpa+quantized_cache_quanto_4bit: generation, 3 cache checks (4); the generate-only stacks skip logits/padding
-    result.assert_outcomes(passed=15, skipped=4)
+    # bnb_8bit+sdpa: logits, padding, generation, storage, inference mode, kernel parity, quality (7)
+    # quanto_int8+static_cache: generation, storage, inference mode, 3 cache checks, kernel parity, quality, cache
+    # quality (9; its static cache quantizes nothing: no cache kernel parity, a skip)
+    # sdpa+quantized_cache_quanto_4bit: generation, 3 cache checks, cache kernel parity, cache quality (6);
+    # the generate-only stacks skip logits/padding
+    result.assert_outcomes(passed=22, skipped=5)
     out = result.stdout.str()
     for stack in ("bnb_8bit+sdpa", "quanto_int8+static_cache", "sdpa+quantized_cache_quanto_4bit"):
         assert stack in out

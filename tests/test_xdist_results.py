@@ -45,12 +45,12 @@ def test_results_of_both_workers_reach_the_controller(
 
     result.stdout.fnmatch_lines(["*pytest-infer: technique x check*", "device  dtype     technique  logits*"])
     # in the order the workers finished
-    result.stdout.fnmatch_lines_random(["cpu     float32   sdpa       pass *", "cpu     float32   eager      pass 0"])
+    result.stdout.fnmatch_lines_random(["cpu     float32   sdpa       pass *", "cpu     float32   eager      = ref"])
     assert "| cpu | float32 | sdpa | pass " in (pytester.path / "m.md").read_text()
     # the controller appends the matrix once; the workers write nothing
     appended = summary.read_text()
     assert appended.startswith("earlier step\n") and appended.count("## pytest-infer") == 1
-    assert "| cpu | float32 | sdpa | pass " in appended and "| cpu | float32 | eager | pass 0 |" in appended
+    assert "| cpu | float32 | sdpa | pass " in appended and "| cpu | float32 | eager | = ref |" in appended
 
 
 def report(nodeid: str, when: str, entries: list[Any], worker: str | None = "gw0") -> SimpleNamespace:

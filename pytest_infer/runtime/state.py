@@ -64,6 +64,7 @@ LIBRARY_ENVIRONMENT = (
     "TRITON_CACHE_DIR",
     "CUDA_MODULE_LOADING",
     "PYTEST_CURRENT_TEST",  # pytest's own, per test phase
+    "TOKENIZERS_PARALLELISM",  # Transformers' generate sets it to 0 whenever it compiles (a static cache): no output depends on it
 )
 CONFIG_MODULES = ("torch._dynamo.config", "torch._inductor.config")
 REGISTRIES = (
