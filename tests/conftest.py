@@ -78,8 +78,10 @@ BASE_ARGS = ("-p", "pytest_infer", "-p", "no:cacheprovider", f"--infer-cache-dir
 def run_infer(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     """Run a pytest session in a subprocess with ``-p pytest_infer`` and return its result.
 
-    When our own suite runs under pytest-xdist, the inner session must not believe it is a worker."""
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    When our own suite runs under pytest-xdist, the inner session must not believe it is a worker; on a CI
+    machine (CI or BUILD_NUMBER set) pytest prints every failure's message again, untruncated, in the short
+    summary: the inner session must print the same on a laptop and in CI, so both are unset."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "CI", "BUILD_NUMBER"):
         monkeypatch.delenv(name, raising=False)
 
     def run(*args: str) -> pytest.RunResult:

@@ -235,6 +235,7 @@ def test_stored_baselines_are_kept_per_stack_and_a_slower_technique_fails_its_te
     stored = list((pytester.path / ".benchmarks").glob("cpu-*/*/*.json"))
     assert len(stored) == 1, "the baseline is stored under .benchmarks/<stack key>/"
     # `pytest-infer list` reads pytest-benchmark's real file: the run, under its stack
+    capsys.readouterr()  # pytester echoes the inner session's output into ours: drop it
     assert main(["list", "-s", str(pytester.path / ".benchmarks"), "--newest"]) == 0
     assert capsys.readouterr().out.splitlines() == [str(stored[0])]
 
