@@ -115,6 +115,15 @@ OPTIONS: tuple[Option, ...] = (
         "N[,N]",
     ),
     Option(
+        "context",
+        "long context: generation parity also runs two long prompts cut from the quality text, generated up to N "
+        "positions (caches past their residual length, sliding windows past the window, static caches full); 0: off",
+        0,
+        "int",
+        "N",
+        minimum=0,
+    ),
+    Option(
         "padding",
         "padding sweep of the padded-batch check: 'left:N,N;right:N', or auto (left:0,1,7,32;right:0,7, and "
         "left:0,7;right:0 for a model over 100M parameters: each point is a forward of the whole batch)",

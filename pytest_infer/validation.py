@@ -201,7 +201,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
     new_tokens = check("new_tokens", validate_new_tokens, values["new_tokens"])
     padding = check("padding", validate_padding, values["padding"])
     pad_extra = max(p.extra for p in parse_sweep(DEFAULT_SWEEP if padding == "auto" else padding))
-    for name, problem in length_problems(read_config(model), new_tokens, values["perf_new_tokens"], pad_extra):
+    problems = length_problems(read_config(model), new_tokens, values["perf_new_tokens"], pad_extra, values["context"])
+    for name, problem in problems:
         with blamed(name, sources, ini_file=ini_file):
             raise ConfigError(f"{OPTION_BY_NAME[name].flag}: {problem}")
     return InferConfig(
@@ -223,6 +224,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str], rootdir: Path, 
         ),
         new_tokens=new_tokens,
         padding=padding,
+        context=values["context"],
         report=check("report", validate_report_path, values["report"], rootdir),
         markdown=check("markdown", validate_report_path, values["markdown"], rootdir, "--infer-markdown"),
         list=values["list"],

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pytest_infer.checks import verdict
 from pytest_infer.checks.context import CheckContext
 from pytest_infer.core.case import Case
+from pytest_infer.core.resources import quality_text
 from pytest_infer.core.tolerance import Tolerance
 from pytest_infer.parity.bounds import decide_bound
 from pytest_infer.parity.floor import NoiseFloor, measure_floor
@@ -20,6 +21,7 @@ from pytest_infer.runtime.batch import Batch, encode, forward_logits
 from pytest_infer.runtime.generated import Generated
 from pytest_infer.runtime.generation import greedy_generate
 from pytest_infer.runtime.loading import CheckpointError, load_model
+from pytest_infer.runtime.long_context import long_batch
 
 R = TypeVar("R")
 
@@ -95,15 +97,25 @@ class CaseModels:
             lambda: solo_logits(lambda batch: self.forward(case, batch, keep=True), ctx.tokenizer, ctx.prompts, device),
         )
 
-    def reference_generation(self, device: str, new_tokens: int) -> Generated:
-        """The reference's greedy generation of ``new_tokens`` tokens on the prompt batch, computed once."""
+    def reference_generation(self, device: str, new_tokens: int, batch: Batch | None = None) -> Generated:
+        """The reference's greedy generation of ``new_tokens`` tokens on ``batch`` (default: the prompt batch),
+        computed once."""
         ctx = self.ctx
         case = ctx.ref_case(device)
-        key = ("generate", ctx.source, case.technique.name, case.dtype, device, ctx.prompts, new_tokens)
-        batch = self.batch(device)
+        batch = batch or self.batch(device)
+        key = ("generate", ctx.source, case.technique.name, case.dtype, device, batch.digest(), new_tokens)
         return ctx.cache.tensor(
             key, lambda: greedy_generate(self.model(case), ctx.tokenizer, batch, case.technique, new_tokens)
         )
+
+    def long_batch(self, device: str) -> Batch:
+        """The long prompts of ``--infer-context``: cut from the quality text so that the longest
+        ``--infer-new-tokens`` end at the context length (:mod:`pytest_infer.runtime.long_context`)."""
+        ctx = self.ctx
+        text, source = quality_text(ctx.config.quality_text)
+        prompt_tokens = ctx.config.context - max(ctx.config.new_tokens)
+        key = ("long-batch", source, device, prompt_tokens)
+        return ctx.cache.tensor(key, lambda: long_batch(ctx.tokenizer, text, prompt_tokens, device))
 
     def noise_floor(self, device: str, dtype: str) -> NoiseFloor:
         """The reference's own noise in ``dtype`` on ``device`` (see :mod:`pytest_infer.parity.floor`)."""

@@ -16,6 +16,7 @@ from pytest_infer.checks.models import CaseModels
 from pytest_infer.checks.quality import QualityChecks
 from pytest_infer.checks.quantization import weight_storage
 from pytest_infer.checks.ranks import RankChecks
+from pytest_infer.checks.stability import StabilityChecks
 from pytest_infer.core.case import Case
 from pytest_infer.parity.bounds import default_tolerance
 from pytest_infer.parity.generation import GenerationParityResult, compare_generations
@@ -40,6 +41,7 @@ class ParityChecks:
         self.ranks = RankChecks(self.models)
         self.golden = GoldenChecks(self.models)
         self.lossy = QualityChecks(self.models)
+        self.stability = StabilityChecks(self.models)
 
     @property
     def tokenizer(self) -> Any:
@@ -128,14 +130,17 @@ class ParityChecks:
         return models.record(result, case)
 
     def generation(self, case: Case) -> list[GenerationParityResult]:
-        """Greedy generation at each configured length vs. the reference's, token by token."""
+        """Greedy generation at each configured length vs. the reference's, token by token; with ``--infer-context``
+        also the long prompts, generated up to the context length (the longest ``--infer-new-tokens``)."""
         ctx, models = self.ctx, self.models
         lengths = ctx.config.new_tokens
-        reference = models.reference_generation(case.device, max(lengths))
-        batch = models.batch(case.device)
+        runs = [(models.batch(case.device), n, 0) for n in lengths]
+        if ctx.config.context:
+            runs.append((models.long_batch(case.device), max(lengths), ctx.config.context))
         tolerance, _ = models.tolerance(case)
         results = []
-        for n in lengths:
+        for batch, n, context in runs:
+            reference = models.reference_generation(case.device, max(lengths), batch)
             candidate = self._candidate_generate(case, batch, n)
             result = compare_generations(
                 reference,
@@ -148,12 +153,13 @@ class ParityChecks:
                 device=case.device,
                 dtype=case.dtype,
                 reference_dtype=ctx.config.reference_dtype,
-                prompts=ctx.prompts,
+                prompts=[f"…{p[-80:]}" for p in batch.prompts] if context else ctx.prompts,
                 min_greedy=tolerance.min_greedy,
             )
             result.same_as_reference = self._is_reference(case)
+            result.context = context
             results.append(models.record(result, case))
-            if n == max(lengths):
+            if n == max(lengths) and not context:
                 self.golden.observe_generation(case, candidate)
         return results
 
@@ -226,6 +232,12 @@ class ParityChecks:
 
     def assert_batch_invariance(self, case: Case) -> BatchInvarianceResult:
         return self.models.decided(case, lambda: [self.batch_invariance(case)])[0]
+
+    def assert_sampling(self, case: Case) -> Any:
+        return self.models.decided(case, lambda: [self.stability.sampling(case)])[0]
+
+    def assert_memory_stability(self, case: Case) -> Any:
+        return self.models.decided(case, lambda: [self.stability.memory(case)])[0]
 
     def assert_generation(self, case: Case) -> list[GenerationParityResult]:
         return self.models.decided(case, lambda: self.generation(case))

@@ -32,6 +32,7 @@ class InferConfig:
     tolerance_mode: str = "floor"
     new_tokens: tuple[int, ...] = (16, 64)
     padding: str = "auto"
+    context: int = 0  # --infer-context: long prompts generated up to this many positions (0: off)
     report: str = ""
     markdown: str = ""
     list: bool = False

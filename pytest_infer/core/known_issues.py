@@ -40,6 +40,10 @@ CHECKS = {
     "test_quality": "quality",
     "test_cache_kernel_parity": "cache_kernel",
     "test_cache_quality": "quality",
+    # the stability suite (issue 19): forwards at batch placements, sampled and repeated generations
+    "test_batch_invariance": "invariance",
+    "test_sampling_reproducible": "sampling",
+    "test_memory_stability": "memory_stability",
     # the perf suite: timed generate / forward calls of the technique
     "test_decode_speed": "decode",
     "test_memory": "decode",
@@ -119,7 +123,9 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     ),
     KnownIssue(
         technique="flex_attention",
-        check=("generation", "decode"),  # the perf suite's decode and memory scenarios run the same generate
+        # the perf suite's decode and memory scenarios, and the stability suite's sampled and repeated generations,
+        # run the same generate
+        check=("generation", "sampling", "memory_stability", "decode"),
         affected=Requirements(device_kinds=frozenset({"cpu"}), packages=(("torch", ">=2.13,<2.14"),)),
         reason=(
             "torch 2.13 inductor (CPU): flex_attention in generate() on a left-padded batch emits C++ that does "
@@ -131,7 +137,19 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         KnownIssue(
             technique=name,
             # every check that runs a forward
-            check=("logits", "padding", "generation", "inference_mode", "kernel", "quality", "decode", "prefill"),
+            check=(
+                "logits",
+                "padding",
+                "generation",
+                "inference_mode",
+                "kernel",
+                "quality",
+                "invariance",
+                "sampling",
+                "memory_stability",
+                "decode",
+                "prefill",
+            ),
             affected=Requirements(
                 device_kinds=frozenset({"cpu"}),
                 packages=(("bitsandbytes", ">=0.48,<=0.50.2"),),
@@ -159,7 +177,19 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     ),
     KnownIssue(
         technique="kernels_use_kernels_local",
-        check=("logits", "padding", "generation", "inference_mode", "decode", "prefill", "load"),  # every load
+        # every check: each one loads the model
+        check=(
+            "logits",
+            "padding",
+            "generation",
+            "inference_mode",
+            "invariance",
+            "sampling",
+            "memory_stability",
+            "decode",
+            "prefill",
+            "load",
+        ),
         affected=Requirements(packages=(("transformers", "==5.24.0"),)),
         reason=(
             "transformers 5.24: from_pretrained(use_kernels=True, kernel_config=KernelConfig(..., "

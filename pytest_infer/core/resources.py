@@ -16,9 +16,10 @@ SUITE_FILES: dict[str, tuple[str, ...]] = {
     "parity": ("test_parity.py", "test_quantization.py", "test_parallelism.py"),
     "generation": ("test_generation.py", "test_caching.py", "test_batching.py"),
     "perf": ("test_performance.py",),
-    # opt-in for now (issue 19): whether a technique's answers hold across batch composition (memory stability and
-    # sampling reproducibility belong here too); not in the default parity,generation run
-    "stability": ("test_batch_invariance.py",),
+    # opt-in (issue 19): what must not change when nothing changes, beyond what the default run checks: batch
+    # composition (a forward per placement), seeded sampling (three sampled generations) and memory over repeated
+    # calls (ten generations per technique); not in the default parity,generation run (docs/design-notes.md)
+    "stability": ("test_batch_invariance.py", "test_sampling.py", "test_memory_stability.py"),
 }
 SUITES = tuple(SUITE_FILES)
 # with --infer-golden: the golden tests of a suite, and the file whose tests each one follows case by case

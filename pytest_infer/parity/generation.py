@@ -48,6 +48,7 @@ class GenerationParityResult:
     kind: str = "generation_parity"
     min_greedy: float | None = None  # lossy techniques: required greedy agreement instead of exact rows
     same_as_reference: bool = False  # the reference compared with itself (see parity.logits.SAME_AS_REFERENCE)
+    context: int = 0  # --infer-context: the long prompts, generated up to this many positions (0: the prompt set)
 
     @property
     def greedy_agreement(self) -> float:
@@ -109,6 +110,7 @@ class GenerationParityResult:
         lines = [
             f"generation parity {verdict}: {self.technique} ({self.dtype}) vs reference {self.reference} "
             f"({self.reference_dtype}) on {self.device}, {len(self.rows)} prompts x {self.new_tokens} greedy tokens"
+            + (f", long prompts generated up to {self.context} positions (--infer-context)" if self.context else "")
         ]
         if self.same_as_reference:
             lines.append(f"  {SAME_AS_REFERENCE}")
@@ -132,7 +134,7 @@ class GenerationParityResult:
         return {
             "kind": self.kind,
             "check": "generation",
-            "variant": f"{self.new_tokens} tokens",
+            "variant": f"context {self.context}" if self.context else f"{self.new_tokens} tokens",
             "technique": self.technique,
             "reference": self.reference,
             "device": self.device,
@@ -142,6 +144,7 @@ class GenerationParityResult:
             "new_tokens": self.new_tokens,
             "near_tie": self.near_tie,
             "min_greedy": self.min_greedy,
+            "context": self.context,
             "same_as_reference": self.same_as_reference,
             "metrics": self.metrics,
             "failures": self.failures,

@@ -23,8 +23,10 @@ CHECK_COLUMNS = (
     "cache",
     "speed",
     "invariance",
+    "sampling",
+    "memory_stability",
 )
-HEADERS = {"inference_mode": "inf-mode"}  # column titles where the check name is long
+HEADERS = {"inference_mode": "inf-mode", "memory_stability": "memory"}  # column titles where the check name is long
 
 
 def _cell(results: list[Mapping[str, Any]]) -> str:
@@ -51,6 +53,17 @@ def _cell(results: list[Mapping[str, Any]]) -> str:
         return f"{verdict} {worst:.2g}"
     if results[0].get("check") == "quality":
         return _quality_cell(results)
+    if results[0].get("check") == "sampling":
+        if any(r.get("inconclusive") for r in results) and verdict == "pass":
+            return "? greedy"  # every draw took the top token: the random stream was never tested
+        m = results[0].get("metrics", {})
+        compared = results[0].get("versus_reference") is not None
+        return f"{verdict} {int(m.get('departures', 0))}/{int(m.get('draws', 0))}" + ("" if compared else " self")
+    if results[0].get("check") == "memory_stability":
+        # the larger growth per call of host RSS and device memory (KiB)
+        keys = ("host_growth_per_call", "device_growth_per_call")
+        slopes = [float(r["metrics"][k]) for r in results for k in keys if r["metrics"].get(k) is not None]
+        return f"{verdict} {max(slopes, default=0.0) / 1024:+.0f}K/call"
     if results[0].get("check") == "ranks":
         return f"{verdict} {int(sum(r['metrics']['disagreements'] for r in results))} diff"
     if results[0].get("check") == "cache":

@@ -161,16 +161,25 @@ def positions(config: dict[str, object]) -> tuple[int, str] | None:
 
 
 def length_problems(
-    config: dict[str, object], new_tokens: tuple[int, ...], perf_new_tokens: int, pad_extra: int
+    config: dict[str, object], new_tokens: tuple[int, ...], perf_new_tokens: int, pad_extra: int, context: int = 0
 ) -> list[tuple[str, str]]:
     """(option, problem) for every length the model cannot take whatever the prompts: more new tokens, or more
-    pad tokens, than its positions (a prompt has at least one token). Checked at start-up from config.json."""
+    pad tokens, than its positions (a prompt has at least one token), a context longer than its positions or
+    leaving no prompt before the new tokens. Checked at start-up from config.json."""
+    out = []
+    longest = max(new_tokens, default=0)
+    if context and context <= longest:
+        out.append(
+            ("context", f"{context:,} positions leave no prompt before {longest:,} new tokens (--infer-new-tokens); "
+             f"give more than {longest:,}")
+        )  # fmt: skip
     known = positions(config)
     if known is None:
-        return []
+        return out
     limit, key = known
     where = f"the model takes {limit:,} positions ({key} in config.json)"
-    out = []
+    if context > limit:
+        out.append(("context", f"{context:,} positions are more than {where}; give at most {limit:,}"))
     for name, wanted, what in (
         ("new_tokens", max(new_tokens, default=0), "new tokens after a prompt"),
         ("perf_new_tokens", perf_new_tokens, "new tokens per timed call after a prompt"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -170,3 +170,41 @@ def out_of_memory_message(exc: BaseException, device: str, freed_bytes: int | No
     if freed_bytes is not None:
         parts.append(f"freed {freed_bytes / 2**20:.1f} MiB before the next test (model dropped, cache emptied)")
     return "; ".join(parts)
+
+
+def _release_free_heap() -> Callable[[], Any]:
+    """glibc's ``malloc_trim(0)``: the allocator hands its free pages back, so that resident memory counts what is
+    alive rather than what the allocator kept (without it, RSS swings by MiBs between identical calls); a no-op where
+    the C library has none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+def memory_after_calls(call: Callable[[], Any], device: str, calls: int) -> tuple[list[int], list[int] | None]:
+    """Resident host memory and allocated device memory (cuda; None elsewhere) after each of ``calls`` calls of
+    ``call``, each read after a full garbage collection and the C heap's free pages handed back (what a leak keeps
+    is what survives both)."""
+    import gc
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+    trim = _release_free_heap()
+    host: list[int] = []
+    on_device: list[int] = []
+    for _ in range(calls):
+        call()
+        gc.collect()
+        trim()
+        if cuda:
+            torch.cuda.synchronize()
+            on_device.append(int(torch.cuda.memory_allocated()))
+        host.append(_statm_rss())
+    return host, on_device if cuda else None
