@@ -90,6 +90,17 @@ def test_condense_keeps_what_a_person_needs() -> None:
         "torchao: optional native extension unavailable: _C_a (Could not load this library)"
     ]
     assert condense("hqq", [], []) == []
+    # bitsandbytes on AVX512-BF16 CPUs, offline: its Hub kernel is unavailable and it says so in one long line
+    hub = logging.LogRecord(
+        "bitsandbytes", logging.WARNING, "x", 1,
+        "Failed to load CPU gemm_4bit_forward from kernels-community: Kernel repository 'kernels-community/q' could "
+        "not verify publisher trust status. Set trust_remote_code=True or add the repository ID to the allowlist.. "
+        "Please make sure you already `pip install kernels`", None, None,
+    )  # fmt: skip
+    assert condense("bitsandbytes", [hub], []) == [
+        "bitsandbytes: CPU gemm_4bit_forward from kernels-community unavailable (Kernel repository "
+        "'kernels-community/q' could not verify publisher trust status); its fallback runs"
+    ]
 
 
 def test_a_session_keeps_the_backends_chatter_out_of_its_output(pytester: pytest.Pytester, run_infer) -> None:

@@ -44,9 +44,36 @@ def test_every_cpu_scheme_passes_on_the_embedded_model(run_infer) -> None:
 def test_bnb_4bit_runs_where_the_layer_shapes_allow(tmp_path_factory: pytest.TempPathFactory, run_infer) -> None:
     model = architectures.build("qwen3-tiny", tmp_path_factory.getbasetemp() / "models")  # sizes 64 / 128
     result = run_infer(
-        f"--infer-model={model}", "--infer-suite", "parity,generation", "--infer-technique", "bnb_nf4,bnb_fp4"
+        f"--infer-model={model}", "--infer-suite", "parity,generation", "--infer-technique", "bnb_nf4,bnb_fp4", "-rx"
     )
-    result.assert_outcomes(passed=2 * 7)
+    # on AVX512-BF16 CPUs the kernel check is the known bfloat16-compute defect (strict xfail), the rest runs for real
+    kernel = 2 if AVX512_BF16 else 0
+    result.assert_outcomes(passed=2 * 7 - kernel, xfailed=kernel)
+    if AVX512_BF16:
+        assert "computes 4-bit layers in bfloat16 whatever bnb_4bit_compute_dtype asks" in result.stdout.str()
+
+
+def test_decoding_a_repacked_bnb_layer_leaves_the_layer_as_it_was() -> None:
+    """bitsandbytes' inverse of its CPU repack rewrites the QuantState it is given: the kernel check's decoder must
+    work on a copy, or the layer repacks its repacked weights at the next forward (relative error 1.4 measured)."""
+    if not AVX512_BF16:
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack 4-bit weights here")
+    import bitsandbytes as bnb
+    import torch
+
+    from pytest_infer.runtime.dequantize import dequantized_weight
+
+    layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(64, 64) * 0.05, requires_grad=False, quant_type="nf4").to("cpu")
+    layer.eval()
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        first = layer(x)  # repacks
+        weight = dequantized_weight(layer)
+        second = layer(x)
+    assert layer.weight.quant_state.packing_format_for_cpu
+    assert torch.equal(first, second)
+    assert float((x @ weight.T - second).norm() / second.norm()) < 1e-2  # right, to bfloat16 compute
 
 
 def test_known_bnb_defect_is_keyed_to_model_shapes() -> None:
@@ -56,6 +83,8 @@ def test_known_bnb_defect_is_keyed_to_model_shapes() -> None:
     hit = known_issue(("bnb_nf4",), "logits", stack, embedded)
     assert (hit is not None) == AVX512_BF16
     assert known_issue(("bnb_nf4",), "logits", stack, qwen) is None  # 64-multiples: runs for real
+    # ... but its kernel computes in bfloat16 there (the kernel check's known issue), and only there
+    assert (known_issue(("bnb_nf4",), "kernel", stack, qwen) is not None) == AVX512_BF16
     assert known_issue(("bnb_nf4",), "storage", stack, embedded) is None  # loading works: storage is checked
     newer = Stack(device_kind="cpu", device_name="cpu", packages={"bitsandbytes": "0.51.0"})
     assert known_issue(("bnb_nf4",), "logits", newer, embedded) is None  # a fixed release is tested for real

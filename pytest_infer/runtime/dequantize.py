@@ -39,11 +39,15 @@ def quantized_layers(model: Any) -> dict[str, Any]:
 def _bnb_4bit_decode(packed: torch.Tensor, state: Any) -> torch.Tensor:
     """bitsandbytes' 4-bit format decoded in plain torch: two codes a byte (high nibble first), value = code table
     [code] x absmax[block] over the flattened weight; a nested absmax is itself 8-bit blockwise with an offset."""
+    import copy
+
     import bitsandbytes.functional as F
     import torch
 
     if getattr(state, "packing_format_for_cpu", False):  # AVX512-BF16 CPUs repack at the first forward
-        packed, state = F._convert_weight_packed_for_cpu_inverse(packed, state)
+        # the inverse rewrites the QuantState it is given (it returns the same object): on the layer's own state it
+        # would mark the still-repacked weights as unpacked, and the next forward would repack them again (garbage)
+        packed, state = F._convert_weight_packed_for_cpu_inverse(packed, copy.copy(state))
     absmax = state.absmax
     if state.nested:
         inner = state.state2

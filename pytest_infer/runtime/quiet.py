@@ -27,6 +27,8 @@ from typing import Any
 # top-level modules of the optional backends (pyproject's extras; flash-attn's packages)
 BACKEND_MODULES = ("torchao", "bitsandbytes", "optimum", "hqq", "kernels", "flash_attn", "flash_attn_interface")
 _NATIVE = re.compile(r"Failed to load (?P<path>\S+?\.so)\S*: (?P<reason>.*)", re.DOTALL)
+# bitsandbytes on AVX512-BF16 CPUs: "Failed to load CPU gemm_4bit_forward from kernels-community: <why>. Please ..."
+_FROM = re.compile(r"Failed to load (?P<what>.+?) from (?P<source>[\w./-]+): (?P<reason>.*)", re.DOTALL)
 _DEPRECATION = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
@@ -68,6 +70,9 @@ def condense(backend: str, records: Sequence[logging.LogRecord], caught: Sequenc
             name = match["path"].rsplit("/", 1)[-1].split(".", 1)[0]
             reason = match["reason"].replace(match["path"], "").strip().rstrip(":").strip() or "no reason given"
             native.setdefault(reason, []).append(name)
+        elif hub := _FROM.match(text.strip()):
+            reason = re.split(r"(?<=[a-z])\.\s", hub["reason"].strip(), maxsplit=1)[0].rstrip(".")
+            other.append(f"{hub['what']} from {hub['source']} unavailable ({reason[:160]}); its fallback runs")
         elif deprecation:
             deprecations += 1
         else:
