@@ -3,9 +3,11 @@ id that never stops a forced-length generation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from pytest_infer.core.technique import Technique, resolve_kwargs
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +38,39 @@ def never_token(model: Any, tokenizer: Any) -> int:
     """A token id outside the vocabulary: as EOS it never stops generation and changes no logit."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return max(int(getattr(config, "vocab_size", 0) or 0), len(tokenizer))
+
+
+def forced_generate(
+    model: Any,
+    tokenizer: Any,
+    batch: Any,
+    technique: Technique,
+    new_tokens: int,
+    kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Any:
+    """``generate`` of exactly ``new_tokens`` tokens per prompt of ``batch`` (a :class:`~pytest_infer.runtime.batch.Batch`)
+    in the technique's context, returning its dict output. The length is forced by an end-of-sequence id no token can
+    have (:func:`never_token`), not by ``min_new_tokens``, which would rewrite the EOS logit and which continuous
+    batching drops. ``options`` (``do_sample``, ``output_scores``...; greedy by default) come first, then the
+    technique's generate arguments: ``kwargs`` as given (the same objects), else resolved for this run's length."""
+    if kwargs is None:
+        needed = int(batch.input_ids.shape[1]) + new_tokens
+        kwargs = resolve_kwargs(technique.generate_kwargs, needed_length=needed, device=str(batch.input_ids.device))
+    with technique.no_grad(), technique.active():
+        return model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            **{
+                "max_new_tokens": new_tokens,
+                "eos_token_id": never_token(model, tokenizer),
+                "pad_token_id": tokenizer.pad_token_id,
+                "do_sample": False,
+                "return_dict_in_generate": True,
+                **options,
+                **kwargs,
+            },
+        )
 
 
 def output_cache(out: Any) -> Any:

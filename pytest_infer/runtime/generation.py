@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_infer.core.technique import Technique, resolve_kwargs
+from pytest_infer.core.technique import Technique
 from pytest_infer.runtime.batch import Batch
 from pytest_infer.runtime.continuous_batching import generate_batch
-from pytest_infer.runtime.generated import Generated, join_generated, never_token, step_margins
+from pytest_infer.runtime.generated import Generated, forced_generate, join_generated, step_margins
 
 
 def greedy_generate(
@@ -23,8 +23,7 @@ def greedy_generate(
 ) -> Generated:
     """Greedy ``generate`` of exactly ``new_tokens`` tokens per prompt.
 
-    The length is forced by an end-of-sequence id that no token can have (the vocabulary size), not by
-    ``min_new_tokens``: that would rewrite the EOS logit and is dropped by continuous batching.
+    The length is forced by an end-of-sequence id that no token can have (:func:`forced_generate`).
     """
 
     if technique.runner == "generate_batch":
@@ -35,18 +34,7 @@ def greedy_generate(
             [greedy_generate(model, tokenizer, one, technique, new_tokens, scores=scores) for one in batch.rows()]
         )
 
-    needed = int(batch.input_ids.shape[1]) + new_tokens
-    kwargs = {
-        "max_new_tokens": new_tokens,
-        "eos_token_id": never_token(model, tokenizer),
-        "do_sample": False,
-        "output_scores": scores,
-        "return_dict_in_generate": True,
-        "pad_token_id": tokenizer.pad_token_id,
-        **resolve_kwargs(technique.generate_kwargs, needed_length=needed, device=str(batch.input_ids.device)),
-    }
-    with technique.no_grad(), technique.active():
-        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    out = forced_generate(model, tokenizer, batch, technique, new_tokens, output_scores=scores)
     prompt_len = batch.input_ids.shape[1]
     tokens = out.sequences[:, prompt_len:].tolist()
     return Generated(tokens, step_margins(out.scores) if scores else None)

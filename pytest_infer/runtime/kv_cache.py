@@ -20,8 +20,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_infer.core.technique import Technique, resolve_kwargs
-from pytest_infer.runtime.generated import never_token, output_cache
+from pytest_infer.core.technique import Technique
+from pytest_infer.runtime.generated import forced_generate, output_cache
 from pytest_infer.runtime.memory import storage_bytes
 
 QUANTIZED_LAYERS = {"quanto": "QuantoQuantizedLayer", "hqq": "HQQQuantizedLayer", "fp8": "Fp8QuantizedLayer"}
@@ -115,20 +115,7 @@ def generate_with_cache(
     """Greedy ``generate`` of exactly ``new_tokens`` tokens (unreachable EOS); (tokens, the cache it used).
     ``kwargs``: the technique's resolved generate arguments, passed as given (the same objects)."""
 
-    needed = int(batch.input_ids.shape[1]) + new_tokens
-    if kwargs is None:
-        kwargs = resolve_kwargs(technique.generate_kwargs, needed_length=needed, device=str(batch.input_ids.device))
-    with technique.no_grad(), technique.active():
-        out = model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=new_tokens,
-            eos_token_id=never_token(model, tokenizer),
-            do_sample=False,
-            return_dict_in_generate=True,
-            pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
-        )
+    out = forced_generate(model, tokenizer, batch, technique, new_tokens, kwargs)
     cache = output_cache(out)
     return out.sequences[:, batch.input_ids.shape[1] :].tolist(), cache
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_infer.core.technique import Technique, resolve_kwargs
+from pytest_infer.core.technique import Technique
 from pytest_infer.runtime.batch import Batch
-from pytest_infer.runtime.generated import never_token
+from pytest_infer.runtime.generated import forced_generate
 
 if TYPE_CHECKING:
     import torch
@@ -56,22 +56,10 @@ def _generate(
 ) -> Sampled:
     import torch
 
-    needed = int(batch.input_ids.shape[1]) + new_tokens
-    kwargs = {
-        "max_new_tokens": new_tokens,
-        "eos_token_id": never_token(model, tokenizer),
-        "do_sample": True,
-        "temperature": temperature,
-        "top_k": 0,
-        "top_p": 1.0,
-        "min_p": None,
-        "output_scores": True,
-        "return_dict_in_generate": True,
-        "pad_token_id": tokenizer.pad_token_id,
-        **resolve_kwargs(technique.generate_kwargs, needed_length=needed, device=str(batch.input_ids.device)),
-    }
-    with technique.no_grad(), technique.active():
-        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    out = forced_generate(
+        model, tokenizer, batch, technique, new_tokens,
+        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None, output_scores=True,
+    )  # fmt: skip
     tokens = out.sequences[:, batch.input_ids.shape[1] :].tolist()
     probs = torch.stack([s.float().softmax(-1) for s in out.scores], dim=1).cpu()
     return Sampled(tokens, probs)

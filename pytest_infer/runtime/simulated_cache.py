@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pytest_infer.core.technique import resolve_kwargs
-from pytest_infer.runtime.generated import cache_kwarg, never_token
+from pytest_infer.runtime.generated import cache_kwarg, forced_generate
 
 if TYPE_CHECKING:
     import torch
@@ -175,17 +175,6 @@ def generate_logits(
     if past_key_values is not None:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("cache_implementation", "cache_config")}
         kwargs[cache_kwarg(model)] = past_key_values
-    with technique.no_grad(), technique.active():
-        out = model.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=new_tokens,
-            eos_token_id=never_token(model, tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **kwargs,
-        )
+    out = forced_generate(model, tokenizer, batch, technique, new_tokens, kwargs, output_logits=True)
     tokens = out.sequences[:, batch.input_ids.shape[1] :]
     return tokens, torch.stack([step.float() for step in out.logits], dim=1)
