@@ -15,6 +15,7 @@ from pytest_infer.runtime.sampling import Sampled, sampled_generate
 
 SEED = 1234
 SAMPLED_TOKENS = 16
+TEMPERATURE = 1.0  # the plain distribution: every token keeps its probability
 
 
 class StabilityChecks:
@@ -39,13 +40,15 @@ class StabilityChecks:
         model = models.model(case)
 
         def draw() -> Sampled:
-            return sampled_generate(model, ctx.tokenizer, batch, t, SAMPLED_TOKENS, seed=SEED, per_row=per_row)
+            return sampled_generate(
+                model, ctx.tokenizer, batch, t, SAMPLED_TOKENS, seed=SEED, temperature=TEMPERATURE, per_row=per_row
+            )
 
         with models.step(case, f"sampling {SAMPLED_TOKENS} tokens twice with seed {SEED}"):
             first, second = draw(), draw()
         draws, off_greedy = departures(first)
         result = SamplingResult(
-            t.name, ctx.reference.name, case.device, case.dtype, SEED, 1.0, SAMPLED_TOKENS, len(batch.prompts),
+            t.name, ctx.reference.name, case.device, case.dtype, SEED, TEMPERATURE, SAMPLED_TOKENS, len(batch.prompts),
             draws=draws, departures=off_greedy, repeat=first_parting(first, second, ctx.tokenizer),
         )  # fmt: skip
         if case.dtype != "float32" or ctx.config.reference_dtype != "float32":
@@ -65,9 +68,11 @@ class StabilityChecks:
 
         def compute() -> Sampled:
             model = models.model(ref)
+            batch = models.batch(device)
             return sampled_generate(
-                model, ctx.tokenizer, models.batch(device), ref.technique, SAMPLED_TOKENS, seed=SEED, per_row=per_row
-            )
+                model, ctx.tokenizer, batch, ref.technique, SAMPLED_TOKENS, seed=SEED, temperature=TEMPERATURE,
+                per_row=per_row,
+            )  # fmt: skip
 
         return ctx.cache.tensor(key, compute)
 

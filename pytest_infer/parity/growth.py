@@ -2,9 +2,9 @@
 
 The technique's generation runs ``calls`` times on the same batch; after each call (and a full garbage collection)
 the process's resident host memory (after glibc's free pages are handed back: ``malloc_trim``) and, on a GPU, the
-device memory allocated are read. The first ``warmup`` calls
-are left out (caches, compiled graphs and allocator pools are built there); over the later ones a least-squares
-line gives the growth per call and its standard error. A memory *grows* when:
+device memory allocated are read. The first ``warmup`` calls are left out (caches, compiled graphs and allocator
+pools are built there); over the later ones a least-squares line gives the growth per call and its standard error.
+A memory *grows* when:
 
 * the slope exceeds both ``floor`` (what the reading can resolve: trimmed host RSS still moves by a few pages
   between identical calls, up to ~20 KiB per call on average for bitsandbytes on CPU, so ``HOST_FLOOR`` is 256 KiB;
@@ -15,8 +15,8 @@ line gives the growth per call and its standard error. A memory *grows* when:
 
 Measured on the embedded model (CPU, 20 calls): trimmed RSS moved by -16..+32 KiB per call for eager, static caches,
 static_compile, quanto and bitsandbytes (untrimmed: swings of +-7 MiB for static_compile); continuous batching
-(paged|sdpa), whose manager runs in a thread, moved by -1.4..+0.8 MiB per call with no trend (+0.7 MiB in 20). A leak below the floor is
-not resolved: the result states the floor it decided at.
+(paged|sdpa), whose manager runs in a thread, moved by -1.4..+0.8 MiB per call with no trend (+0.7 MiB in 20).
+A leak below the floor is not resolved: the result states the floor it decided at.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from pytest_infer.core.text import number
 
 HOST_FLOOR = 256 * 1024
 DEVICE_FLOOR = 4 * 1024
@@ -122,9 +120,6 @@ class MemoryStabilityResult:
             "device_growth_stderr": dev.stderr if dev else None,
             "calls": float(self.calls),
         }
-
-    def headline(self) -> str:
-        return "; ".join(f"{m.memory} {number(m.slope / 1024, '+.0f')} KiB/call" for m in self.memories)
 
     def message(self) -> str:
         verdict = "passed" if self.passed else "FAILED"

@@ -112,14 +112,6 @@ class SamplingResult:
             "explained_divergences": float(len(explained)),
         }
 
-    def headline(self) -> str:
-        ref = (
-            f"vs {self.reference}: {len(self.versus_reference)} explained divergence(s)"
-            if self.versus_reference is not None
-            else f"not vs the reference ({self.why_not})"
-        )
-        return f"{self.draws} draws ({self.departures} off greedy), reproducible, {ref}"
-
     def message(self) -> str:
         verdict = "INCONCLUSIVE" if self.inconclusive else "passed" if self.passed else "FAILED"
         lines = [
